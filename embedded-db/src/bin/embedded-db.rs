@@ -1,0 +1,90 @@
+//! Run with
+//!
+//! ```not_rust
+//! cargo run -p embedded-db --release -- --addr 127.0.0.1:27017 --path ./data/db
+//! ```
+//!
+//! then connect with `mongosh "mongodb://127.0.0.1:27017/?directConnection=true"`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use embedded_db::{Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET};
+
+/// A MongoDB-wire-compatible database with change streams, durable on disk.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "EMBEDDED_DB_ADDR", default_value = DEFAULT_ADDR)]
+    addr: SocketAddr,
+    /// Data directory (created if missing).
+    #[arg(long, env = "EMBEDDED_DB_PATH", default_value = DEFAULT_PATH)]
+    path: PathBuf,
+    /// Change-log entries kept for resuming change streams.
+    #[arg(long, env = "EMBEDDED_DB_HISTORY", default_value_t = DEFAULT_HISTORY)]
+    history: u64,
+    /// Replica-set name reported to drivers.
+    #[arg(long, env = "EMBEDDED_DB_REPLICA_SET", default_value = DEFAULT_REPLICA_SET)]
+    replica_set: String,
+    /// `host:port` reported in `hello` (defaults to the bound address).
+    #[arg(long, env = "EMBEDDED_DB_ADVERTISE")]
+    advertise: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "embedded_db=info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = Config {
+        history: args.history,
+        replica_set: args.replica_set,
+        advertised_host: args.advertise,
+        ..Config::new(args.addr, args.path)
+    };
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            let variable = match e {
+                embedded_db::StartError::Bind { .. } => "EMBEDDED_DB_ADDR",
+                embedded_db::StartError::Storage { .. } => "EMBEDDED_DB_PATH",
+            };
+            eprintln!("embedded-db: {e} ({variable})");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,542 @@
+//! Change streams: resume tokens, event documents and the stream cursor state.
+//!
+//! A resume token is a position in the durable change log
+//! ([`crate::storage::Position`], the change's cluster time) plus a kind byte,
+//! hex-encoded as `{ _data: "<16 hex digits><2 hex digits>" }`, so comparing
+//! `_data` strings gives stream order, as with `mongod`'s tokens. Because the
+//! log is persisted with the data, a token stays valid across restarts for as
+//! long as its position is inside the kept history window.
+
+use bson::{doc, Bson, Document};
+
+use crate::error::{CommandError, CommandResult, ErrorCode};
+use crate::namespace::Namespace;
+use crate::query::aggregate::Pipeline;
+use crate::storage::{position_of, timestamp_of, Position, ReadCtx};
+
+/// Stages a change stream pipeline may contain after `$changeStream` (MongoDB's list).
+const ALLOWED_STAGES: &[&str] = &[
+    "$addFields",
+    "$match",
+    "$project",
+    "$redact",
+    "$replaceRoot",
+    "$replaceWith",
+    "$set",
+    "$unset",
+];
+
+/// Most bytes of events returned in one batch (MongoDB's reply budget).
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+const NON_RESUMABLE: &str = "NonResumableChangeStreamError";
+
+/// What a resume token points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenKind {
+    /// A high-water mark: every change up to the position has been seen; none need exist there.
+    HighWater = 0,
+    /// The event recorded at the position.
+    Event = 1,
+    /// The `invalidate` that follows the event at the position.
+    Invalidate = 2,
+}
+
+/// A decoded resume token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResumeToken {
+    /// Change-log position.
+    pub(crate) pos: Position,
+    /// What the token stands for.
+    pub(crate) kind: TokenKind,
+}
+
+impl ResumeToken {
+    /// The token document, `{ _data: "<hex>" }`.
+    pub(crate) fn to_document(self) -> Document {
+        doc! { "_data": format!("{:016X}{:02X}", self.pos, self.kind as u8) }
+    }
+
+    /// Parses a token document; anything else is `BadValue`.
+    pub(crate) fn parse(value: &Bson) -> CommandResult<Self> {
+        let bad = || CommandError::bad_value(format!("invalid resume token: {value}"));
+        let data = value
+            .as_document()
+            .and_then(|d| d.get_str("_data").ok())
+            .ok_or_else(bad)?;
+        if data.len() != 18 || !data.is_ascii() {
+            return Err(bad());
+        }
+        let pos = u64::from_str_radix(&data[..16], 16).map_err(|_| bad())?;
+        let kind = match u8::from_str_radix(&data[16..], 16).map_err(|_| bad())? {
+            0 => TokenKind::HighWater,
+            1 => TokenKind::Event,
+            2 => TokenKind::Invalidate,
+            _ => return Err(bad()),
+        };
+        Ok(Self { pos, kind })
+    }
+}
+
+/// Which changes a stream sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// One collection (`coll.watch()`).
+    Collection(Namespace),
+    /// Every collection of one database (`db.watch()`).
+    Database(String),
+    /// The whole deployment (`client.watch()`), except the `admin`, `config` and `local` databases.
+    Cluster,
+}
+
+impl Scope {
+    fn sees(&self, db: &str, coll: Option<&str>) -> bool {
+        match self {
+            Self::Collection(ns) => ns.db == db && coll == Some(ns.coll.as_str()),
+            Self::Database(name) => name == db,
+            Self::Cluster => !matches!(db, "admin" | "config" | "local"),
+        }
+    }
+}
+
+/// `fullDocument` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FullDocument {
+    Default,
+    UpdateLookup,
+    WhenAvailable,
+    Required,
+}
+
+/// `fullDocumentBeforeChange` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BeforeChange {
+    Off,
+    WhenAvailable,
+    Required,
+}
+
+/// An open change stream: its options and how far it has read.
+#[derive(Debug)]
+pub(crate) struct ChangeStream {
+    scope: Scope,
+    full_document: FullDocument,
+    before_change: BeforeChange,
+    pipeline: Option<Pipeline>,
+    /// Every change at or before this position has been examined.
+    position: Position,
+    /// Set once an `invalidate` was returned: the stream is over.
+    invalidated: bool,
+}
+
+/// One batch of events with the token a driver should cache after it.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// Events, in log order.
+    pub(crate) events: Vec<Document>,
+    /// `postBatchResumeToken`.
+    pub(crate) post_batch_token: Document,
+    /// True when the batch ends with `invalidate`: the cursor must be closed (id 0).
+    pub(crate) finished: bool,
+}
+
+impl ChangeStream {
+    /// Opens a stream from a `$changeStream` stage and the stages after it, resolving the start
+    /// position against the change log of `read` (286 when it is older than the kept history,
+    /// 280 when the token names no change, 260 for `resumeAfter` an invalidate).
+    pub(crate) fn open(
+        scope: Scope,
+        options: &Document,
+        rest: &[Bson],
+        read: &ReadCtx,
+    ) -> CommandResult<Self> {
+        let full_document = match options.get("fullDocument") {
+            None | Some(Bson::Null) => FullDocument::Default,
+            Some(Bson::String(s)) => match s.as_str() {
+                "default" => FullDocument::Default,
+                "updateLookup" => FullDocument::UpdateLookup,
+                "whenAvailable" => FullDocument::WhenAvailable,
+                "required" => FullDocument::Required,
+                other => return Err(CommandError::bad_value(format!(
+                    "'{other}' is not a valid value for fullDocument"
+                ))),
+            },
+            Some(other) => {
+                return Err(CommandError::type_mismatch(format!(
+                    "fullDocument must be a string, not {other}"
+                )))
+            }
+        };
+        let before_change = match options.get("fullDocumentBeforeChange") {
+            None | Some(Bson::Null) => BeforeChange::Off,
+            Some(Bson::String(s)) => match s.as_str() {
+                "off" => BeforeChange::Off,
+                "whenAvailable" => BeforeChange::WhenAvailable,
+                "required" => BeforeChange::Required,
+                other => return Err(CommandError::bad_value(format!(
+                    "'{other}' is not a valid value for fullDocumentBeforeChange"
+                ))),
+            },
+            Some(other) => {
+                return Err(CommandError::type_mismatch(format!(
+                    "fullDocumentBeforeChange must be a string, not {other}"
+                )))
+            }
+        };
+        for stage in rest {
+            let name = stage
+                .as_document()
+                .and_then(|d| d.keys().next())
+                .map(String::as_str)
+                .unwrap_or_default();
+            if !ALLOWED_STAGES.contains(&name) {
+                return Err(CommandError::new(
+                    ErrorCode::UnrecognizedPipelineStage,
+                    format!("Stage {name} is not permitted in a $changeStream pipeline"),
+                ));
+            }
+        }
+        let pipeline = if rest.is_empty() {
+            None
+        } else {
+            Some(Pipeline::parse(rest)?)
+        };
+        let position = start_position(options, read)?;
+        Ok(Self {
+            scope,
+            full_document,
+            before_change,
+            pipeline,
+            position,
+            invalidated: false,
+        })
+    }
+
+    /// The token for the current position (what a driver resumes from when nothing was returned).
+    pub(crate) fn high_water_token(&self) -> Document {
+        ResumeToken {
+            pos: self.position,
+            kind: TokenKind::HighWater,
+        }
+        .to_document()
+    }
+
+    /// Reads up to `limit` events committed after the current position, without waiting.
+    pub(crate) fn next_batch(&mut self, read: &ReadCtx, limit: usize) -> CommandResult<Batch> {
+        if self.invalidated {
+            return Ok(Batch {
+                events: Vec::new(),
+                post_batch_token: self.high_water_token(),
+                finished: true,
+            });
+        }
+        let snapshot_end = read.last_position()?;
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let mut full = false;
+        let mut examined = self.position;
+        read.changes_after(self.position, |pos, record| {
+            if events.len() >= limit || bytes >= BATCH_BYTES {
+                full = true;
+                return Ok(false);
+            }
+            examined = pos;
+            for event in self.events_for(pos, &record, read)? {
+                bytes += event_size(&event);
+                events.push(event);
+            }
+            Ok(!self.invalidated)
+        })?;
+        self.position = examined;
+        let post_batch_token = match events.last() {
+            Some(last) if full || self.invalidated => last
+                .get_document("_id")
+                .cloned()
+                .unwrap_or_else(|_| self.high_water_token()),
+            _ => {
+                // Nothing more is committed in this snapshot: everything up to its end is seen,
+                // including changes the pipeline filtered out.
+                self.position = self.position.max(snapshot_end);
+                self.high_water_token()
+            }
+        };
+        Ok(Batch {
+            events,
+            post_batch_token,
+            finished: self.invalidated,
+        })
+    }
+
+    /// The events one change record produces for this stream (none, one, or one plus `invalidate`).
+    fn events_for(
+        &mut self,
+        pos: Position,
+        record: &Document,
+        read: &ReadCtx,
+    ) -> CommandResult<Vec<Document>> {
+        let op = record.get_str("op").unwrap_or_default();
+        let ns = record.get_document("ns").ok();
+        let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or_default();
+        let coll = ns.and_then(|n| n.get_str("coll").ok());
+        if !self.scope.sees(db, coll) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(2);
+        if let Some(event) = self.apply_pipeline(self.event(pos, op, record, read)?)? {
+            out.push(event);
+        }
+        let invalidates = match &self.scope {
+            Scope::Collection(_) => matches!(op, "drop" | "rename"),
+            Scope::Database(_) => op == "dropDatabase",
+            Scope::Cluster => false,
+        };
+        if invalidates {
+            let token = ResumeToken {
+                pos,
+                kind: TokenKind::Invalidate,
+            };
+            out.push(doc! {
+                "_id": token.to_document(),
+                "operationType": "invalidate",
+                "clusterTime": timestamp_of(pos),
+                "wallTime": record.get("wall").cloned().unwrap_or(Bson::Null),
+            });
+            self.invalidated = true;
+        }
+        Ok(out)
+    }
+
+    fn event(
+        &self,
+        pos: Position,
+        op: &str,
+        record: &Document,
+        read: &ReadCtx,
+    ) -> CommandResult<Document> {
+        let token = ResumeToken {
+            pos,
+            kind: TokenKind::Event,
+        };
+        let mut event = doc! {
+            "_id": token.to_document(),
+            "operationType": op,
+            "clusterTime": timestamp_of(pos),
+            "wallTime": record.get("wall").cloned().unwrap_or(Bson::Null),
+        };
+        let id = record.get("id").cloned();
+        match op {
+            "insert" | "replace" => {
+                event.insert("fullDocument", record.get("doc").cloned().unwrap_or(Bson::Null));
+            }
+            "update" => {
+                if let Some(doc) = self.updated_document(record, read)? {
+                    event.insert("fullDocument", doc);
+                }
+            }
+            _ => {}
+        }
+        if let Some(ns) = record.get("ns") {
+            event.insert("ns", ns.clone());
+        }
+        if let Some(to) = record.get("to") {
+            event.insert("to", to.clone());
+        }
+        if let Some(id) = id {
+            event.insert("documentKey", doc! { "_id": id });
+        }
+        if let Some(description) = record.get("upd") {
+            event.insert("updateDescription", description.clone());
+        }
+        if matches!(op, "update" | "replace" | "delete") {
+            match (self.before_change, record.get("pre")) {
+                (BeforeChange::Off, _) => {}
+                (_, Some(pre)) => {
+                    event.insert("fullDocumentBeforeChange", pre.clone());
+                }
+                (BeforeChange::WhenAvailable, None) => {
+                    event.insert("fullDocumentBeforeChange", Bson::Null);
+                }
+                (BeforeChange::Required, None) => {
+                    return Err(image_missing("pre-image", pos));
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    /// `fullDocument` of an update event under the stream's option.
+    fn updated_document(&self, record: &Document, read: &ReadCtx) -> CommandResult<Option<Bson>> {
+        match self.full_document {
+            FullDocument::Default => Ok(None),
+            FullDocument::UpdateLookup => {
+                let current = match (record_namespace(record), record.get("id")) {
+                    (Some(ns), Some(id)) => match read.collection(&ns)? {
+                        Some(meta) => read.find_by_id(&meta, id)?,
+                        None => None,
+                    },
+                    _ => None,
+                };
+                Ok(Some(current.map_or(Bson::Null, Bson::Document)))
+            }
+            FullDocument::WhenAvailable => Ok(Some(record.get("post").cloned().unwrap_or(Bson::Null))),
+            FullDocument::Required => match record.get("post") {
+                Some(post) => Ok(Some(post.clone())),
+                None => Err(image_missing("post-image", 0)),
+            },
+        }
+    }
+
+    fn apply_pipeline(&self, event: Document) -> CommandResult<Option<Document>> {
+        let Some(pipeline) = &self.pipeline else {
+            return Ok(Some(event));
+        };
+        let token = event.get("_id").cloned();
+        let Some(out) = pipeline.run(vec![event])?.into_iter().next() else {
+            return Ok(None);
+        };
+        if out.get("_id").cloned() != token {
+            return Err(CommandError::new(
+                ErrorCode::ChangeStreamFatalError,
+                "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point. Only transformations that retain the unmodified _id field are allowed.",
+            )
+            .with_label(NON_RESUMABLE));
+        }
+        Ok(Some(out))
+    }
+}
+
+fn record_namespace(record: &Document) -> Option<Namespace> {
+    let ns = record.get_document("ns").ok()?;
+    Namespace::new(ns.get_str("db").ok()?, ns.get_str("coll").ok()?).ok()
+}
+
+fn image_missing(what: &str, pos: Position) -> CommandError {
+    CommandError::new(
+        ErrorCode::ChangeStreamFatalError,
+        format!(
+            "Change stream was configured to require a {what} for all events, but the {what} was not available for the event at {}",
+            timestamp_of(pos)
+        ),
+    )
+    .with_label(NON_RESUMABLE)
+}
+
+fn event_size(event: &Document) -> usize {
+    bson::to_vec(event).map_or(0, |v| v.len())
+}
+
+/// The position a new stream reads after, from `resumeAfter`, `startAfter` or
+/// `startAtOperationTime` (at most one), else the newest committed change.
+fn start_position(options: &Document, read: &ReadCtx) -> CommandResult<Position> {
+    let resume_after = options.get("resumeAfter").filter(|b| !matches!(b, Bson::Null));
+    let start_after = options.get("startAfter").filter(|b| !matches!(b, Bson::Null));
+    let at_time = options
+        .get("startAtOperationTime")
+        .filter(|b| !matches!(b, Bson::Null));
+    if [resume_after, start_after, at_time].iter().flatten().count() > 1 {
+        return Err(CommandError::bad_value(
+            "Only one type of resume option is allowed, but multiple were found",
+        ));
+    }
+    let floor = read.history_floor()?;
+    let last = read.last_position()?;
+    let lost = || {
+        CommandError::new(
+            ErrorCode::ChangeStreamHistoryLost,
+            "Resume of change stream was not possible, as the resume point may no longer be in the oplog.",
+        )
+        .with_label(NON_RESUMABLE)
+    };
+    if let Some(time) = at_time {
+        let Bson::Timestamp(ts) = time else {
+            return Err(CommandError::type_mismatch(
+                "startAtOperationTime must be a timestamp",
+            ));
+        };
+        let pos = position_of(*ts).saturating_sub(1);
+        if pos < floor {
+            return Err(lost());
+        }
+        return Ok(pos);
+    }
+    let (token, is_start_after) = match (resume_after, start_after) {
+        (Some(t), _) => (ResumeToken::parse(t)?, false),
+        (None, Some(t)) => (ResumeToken::parse(t)?, true),
+        (None, None) => return Ok(last),
+    };
+    if token.kind == TokenKind::Invalidate && !is_start_after {
+        return Err(CommandError::new(
+            ErrorCode::InvalidResumeToken,
+            "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.",
+        ));
+    }
+    if token.pos < floor {
+        return Err(lost());
+    }
+    let known = match token.kind {
+        TokenKind::HighWater => token.pos <= last,
+        TokenKind::Event | TokenKind::Invalidate => token.pos == floor || read.has_change(token.pos)?,
+    };
+    if !known {
+        return Err(CommandError::new(
+            ErrorCode::ChangeStreamFatalError,
+            format!(
+                "cannot resume stream; the resume token was not found. {}",
+                token.to_document()
+            ),
+        )
+        .with_label(NON_RESUMABLE));
+    }
+    Ok(token.pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_sort_in_stream_order() {
+        let a = ResumeToken {
+            pos: 0x6000_0000_0000_0001,
+            kind: TokenKind::Event,
+        };
+        let b = ResumeToken {
+            pos: 0x6000_0000_0000_0001,
+            kind: TokenKind::Invalidate,
+        };
+        let c = ResumeToken {
+            pos: 0x6000_0000_0000_0002,
+            kind: TokenKind::HighWater,
+        };
+        for t in [a, b, c] {
+            assert_eq!(ResumeToken::parse(&Bson::Document(t.to_document())), Ok(t));
+        }
+        let data = |t: ResumeToken| t.to_document().get_str("_data").map(str::to_owned);
+        assert!(data(a).ok() < data(b).ok());
+        assert!(data(b).ok() < data(c).ok());
+    }
+
+    #[test]
+    fn malformed_tokens_are_bad_values() {
+        for bad in [
+            Bson::Int32(1),
+            Bson::Document(doc! { "_data": "xyz" }),
+            Bson::Document(doc! { "_data": "60000000000000010G" }),
+            Bson::Document(doc! { "_data": "600000000000000109" }),
+        ] {
+            let err = ResumeToken::parse(&bad).expect_err("malformed");
+            assert_eq!(err.code, ErrorCode::BadValue);
+        }
+    }
+
+    #[test]
+    fn scopes_filter_namespaces() {
+        let coll = Scope::Collection(Namespace::new("a", "b").expect("valid"));
+        assert!(coll.sees("a", Some("b")));
+        assert!(!coll.sees("a", Some("c")));
+        assert!(!coll.sees("a", None));
+        assert!(Scope::Database("a".into()).sees("a", Some("z")));
+        assert!(!Scope::Cluster.sees("admin", Some("x")));
+        assert!(Scope::Cluster.sees("app", Some("x")));
+    }
+}

@@ -1,0 +1,150 @@
+//! The `aggregate` command: plain pipelines over a collection, and change
+//! streams (a pipeline whose first stage is `$changeStream`).
+
+use std::sync::Arc;
+
+use bson::{Bson, Document};
+
+use super::{cursor_reply, first_batch, opt_count, opt_document, query::matching, Request};
+use crate::changes::{ChangeStream, Scope};
+use crate::cursor::{Cursor, CursorKind};
+use crate::db::Db;
+use crate::error::{CommandError, CommandResult, ErrorCode};
+use crate::namespace::{validate_db, Namespace};
+use crate::query::aggregate::Pipeline;
+use crate::query::filter::Filter;
+use crate::storage::Snapshot;
+
+/// Implements `aggregate`.
+pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
+    let stages: Vec<Bson> = match req.body.get("pipeline") {
+        Some(Bson::Array(stages)) => stages.clone(),
+        _ => {
+            return Err(CommandError::type_mismatch(
+                "'pipeline' option must be specified as an array",
+            ))
+        }
+    };
+    let batch_size = match opt_document(&req.body, "cursor")? {
+        Some(cursor) => opt_count(cursor, "batchSize")?,
+        None if req.body.get_bool("explain").unwrap_or(false) => None,
+        None => {
+            return Err(CommandError::failed_to_parse(
+                "The 'cursor' option is required, except for aggregate with the explain argument",
+            ))
+        }
+    };
+    let stage_name = |stage: &Bson| {
+        stage
+            .as_document()
+            .and_then(|d| d.keys().next().cloned())
+            .unwrap_or_default()
+    };
+    if stages.iter().skip(1).any(|s| stage_name(s) == "$changeStream") {
+        return Err(CommandError::new(
+            ErrorCode::ChangeStreamNotFirst,
+            "$changeStream is only valid as the first stage in a pipeline",
+        ));
+    }
+    if let Some(first) = stages.first().filter(|s| stage_name(s) == "$changeStream") {
+        let options = first
+            .as_document()
+            .and_then(|d| d.get_document("$changeStream").ok())
+            .cloned()
+            .ok_or_else(|| CommandError::type_mismatch("$changeStream takes an object"))?;
+        return change_stream(db, req, options, stages[1..].to_vec(), batch_size).await;
+    }
+    let ns = req.namespace().map_err(|_| {
+        CommandError::new(
+            ErrorCode::NotImplemented,
+            "database-level aggregation is only supported for $changeStream",
+        )
+    })?;
+    let ns_text = ns.to_string();
+    let docs = db
+        .store
+        .read(move |read| {
+            // A leading $match is applied while scanning (and uses the _id lookup when it can).
+            let (input, rest) = match stages.first().and_then(|s| s.as_document()) {
+                Some(stage) if stage.keys().next().map(String::as_str) == Some("$match") => {
+                    let filter = Filter::parse(stage.get_document("$match").map_err(|_| {
+                        CommandError::type_mismatch("the match filter must be an expression in an object")
+                    })?)?;
+                    (Some(filter), &stages[1..])
+                }
+                _ => (None, &stages[..]),
+            };
+            let pipeline = Pipeline::parse(rest)?;
+            let docs = match read.collection(&ns)? {
+                Some(meta) => match &input {
+                    Some(filter) => matching(read, &meta, filter)?,
+                    None => read.scan(&meta)?,
+                },
+                None => Vec::new(),
+            };
+            pipeline.run(docs)
+        })
+        .await?;
+    Ok(first_batch(db, ns_text, docs, batch_size, false))
+}
+
+/// Opens a change stream: answers at once with the events already available (usually none)
+/// and a cursor that `getMore` reads, waiting for commits.
+async fn change_stream(
+    db: &Arc<Db>,
+    req: &Request<'_>,
+    options: Document,
+    rest: Vec<Bson>,
+    batch_size: Option<usize>,
+) -> CommandResult<Document> {
+    let whole_cluster = options.get_bool("allChangesForCluster").unwrap_or(false);
+    let (scope, ns) = match req.value() {
+        Bson::String(_) => {
+            let ns: Namespace = req.namespace()?;
+            let text = ns.to_string();
+            (Scope::Collection(ns), text)
+        }
+        _ if whole_cluster => {
+            if req.db != "admin" {
+                return Err(CommandError::bad_value(
+                    "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' database",
+                ));
+            }
+            (Scope::Cluster, "admin.$cmd.aggregate".to_owned())
+        }
+        Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_) => {
+            validate_db(&req.db)?;
+            if req.db == "admin" {
+                return Err(CommandError::bad_value(
+                    "$changeStream on the admin database requires 'allChangesForCluster:true'",
+                ));
+            }
+            (Scope::Database(req.db.clone()), format!("{}.$cmd.aggregate", req.db))
+        }
+        _ => {
+            return Err(CommandError::failed_to_parse(
+                "aggregate takes a collection name or 1",
+            ))
+        }
+    };
+    let limit = batch_size.unwrap_or(super::DEFAULT_BATCH);
+    let (stream, batch) = db
+        .store
+        .read(move |read| {
+            let mut stream = ChangeStream::open(scope, &options, &rest, read)?;
+            let batch = stream.next_batch(read, limit)?;
+            Ok((stream, batch))
+        })
+        .await?;
+    let id = if batch.finished {
+        0
+    } else {
+        db.cursors.insert(Cursor::new(
+            ns.clone(),
+            CursorKind::ChangeStream(Box::new(stream)),
+            batch_size,
+        ))
+    };
+    let events = batch.events.into_iter().map(Bson::Document).collect();
+    Ok(cursor_reply(&ns, id, "firstBatch", events, Some(batch.post_batch_token)))
+}

@@ -1,0 +1,255 @@
+//! Command-level errors: every failure a client can cause ends up as a MongoDB
+//! error document `{ ok: 0, errmsg, code, codeName }`, never as a dropped
+//! connection or a panic.
+
+use bson::{doc, Document};
+
+/// MongoDB server error codes this server answers with.
+///
+/// Values and names are MongoDB's own (`src/mongo/base/error_codes.yml`), so
+/// drivers and applications that match on codes behave as against `mongod`.
+/// Sorted by code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum ErrorCode {
+    /// An unexpected condition inside the server (storage failure and the like).
+    InternalError = 1,
+    /// A value in the command is not acceptable.
+    BadValue = 2,
+    /// The command or one of its parts could not be parsed.
+    FailedToParse = 9,
+    /// A value has the wrong BSON type.
+    TypeMismatch = 14,
+    /// An operation this deployment does not allow (transactions).
+    IllegalOperation = 20,
+    /// The collection or database does not exist.
+    NamespaceNotFound = 26,
+    /// The named index does not exist.
+    IndexNotFound = 27,
+    /// A path needed by an update does not exist or cannot be created.
+    PathNotViable = 28,
+    /// Two update operators touch the same path.
+    ConflictingUpdateOperators = 40,
+    /// The cursor id is not (or no longer) known.
+    CursorNotFound = 43,
+    /// The collection already exists.
+    NamespaceExists = 48,
+    /// A field name starts with `$` where that is not allowed.
+    DollarPrefixedFieldName = 52,
+    /// A field name is empty or otherwise invalid.
+    InvalidIdField = 53,
+    /// An update cannot be applied to a value of this type.
+    NotSingleValueField = 54,
+    /// The command name is not known.
+    CommandNotFound = 59,
+    /// An update would change `_id`.
+    ImmutableField = 66,
+    /// An option is not valid (unknown parameter, dropping `_id_`, …).
+    InvalidOptions = 72,
+    /// The namespace name is not valid.
+    InvalidNamespace = 73,
+    /// An index with this key already exists under another name or options.
+    IndexOptionsConflict = 85,
+    /// An index with this name already exists with another key.
+    IndexKeySpecsConflict = 86,
+    /// The server is shutting down.
+    ShutdownInProgress = 91,
+    /// The operation is not implemented by this server.
+    NotImplemented = 238,
+    /// An array field indexed together with another array field.
+    CannotIndexParallelArrays = 171,
+    /// The resume token cannot be used in this way (invalidate with `resumeAfter`).
+    InvalidResumeToken = 260,
+    /// The change stream cannot continue from the given position.
+    ChangeStreamFatalError = 280,
+    /// The resume point is older than the kept change history.
+    ChangeStreamHistoryLost = 286,
+    /// An expression operator is not known.
+    InvalidPipelineOperator = 168,
+    /// An OP_QUERY command other than the handshake.
+    UnsupportedOpQueryCommand = 352,
+    /// The message or document exceeds the size limits.
+    BsonObjectTooLarge = 10334,
+    /// A unique index would hold the same key twice.
+    DuplicateKey = 11000,
+    /// `$size` takes a non-negative whole number.
+    BadSizeArgument = 16810,
+    /// A pipeline stage is not known or not allowed here.
+    UnrecognizedPipelineStage = 40324,
+    /// A `$group` specification is invalid.
+    GroupSpecification = 15947,
+    /// `$changeStream` must be the first stage.
+    ChangeStreamNotFirst = 40602,
+    /// A resume token could not be parsed.
+    ChangeStreamBadResumeToken = 40647,
+}
+
+impl ErrorCode {
+    /// The `codeName` MongoDB uses for this code.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InternalError => "InternalError",
+            Self::BadValue => "BadValue",
+            Self::FailedToParse => "FailedToParse",
+            Self::TypeMismatch => "TypeMismatch",
+            Self::IllegalOperation => "IllegalOperation",
+            Self::NamespaceNotFound => "NamespaceNotFound",
+            Self::IndexNotFound => "IndexNotFound",
+            Self::PathNotViable => "PathNotViable",
+            Self::ConflictingUpdateOperators => "ConflictingUpdateOperators",
+            Self::CursorNotFound => "CursorNotFound",
+            Self::NamespaceExists => "NamespaceExists",
+            Self::DollarPrefixedFieldName => "DollarPrefixedFieldName",
+            Self::InvalidIdField => "InvalidIdField",
+            Self::NotSingleValueField => "NotSingleValueField",
+            Self::CommandNotFound => "CommandNotFound",
+            Self::ImmutableField => "ImmutableField",
+            Self::InvalidOptions => "InvalidOptions",
+            Self::InvalidNamespace => "InvalidNamespace",
+            Self::IndexOptionsConflict => "IndexOptionsConflict",
+            Self::IndexKeySpecsConflict => "IndexKeySpecsConflict",
+            Self::ShutdownInProgress => "ShutdownInProgress",
+            Self::NotImplemented => "NotImplemented",
+            Self::CannotIndexParallelArrays => "CannotIndexParallelArrays",
+            Self::InvalidResumeToken => "InvalidResumeToken",
+            Self::ChangeStreamFatalError => "ChangeStreamFatalError",
+            Self::ChangeStreamHistoryLost => "ChangeStreamHistoryLost",
+            Self::UnsupportedOpQueryCommand => "UnsupportedOpQueryCommand",
+            Self::BsonObjectTooLarge => "BSONObjectTooLarge",
+            Self::DuplicateKey => "DuplicateKey",
+            Self::BadSizeArgument => "Location16810",
+            Self::InvalidPipelineOperator => "InvalidPipelineOperator",
+            Self::UnrecognizedPipelineStage => "Location40324",
+            Self::GroupSpecification => "Location15947",
+            Self::ChangeStreamNotFirst => "Location40602",
+            Self::ChangeStreamBadResumeToken => "Location40647",
+        }
+    }
+
+    /// The numeric code.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// A failed command: becomes `{ ok: 0, errmsg, code, codeName }` (plus
+/// `errorLabels` when set) in the reply. Never closes the connection.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{msg} ({})", code.name())]
+pub struct CommandError {
+    /// The MongoDB error code.
+    pub code: ErrorCode,
+    /// Human-readable message (`errmsg`).
+    pub msg: String,
+    /// Error labels such as `NonResumableChangeStreamError`.
+    pub labels: Vec<&'static str>,
+    /// Extra fields merged into the error reply (for example `keyValue` on duplicate keys).
+    pub extra: Option<Document>,
+}
+
+impl CommandError {
+    /// An error with `code` and message `msg`.
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            labels: Vec::new(),
+            extra: None,
+        }
+    }
+
+    /// Shorthand for [`ErrorCode::BadValue`].
+    pub fn bad_value(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadValue, msg)
+    }
+
+    /// Shorthand for [`ErrorCode::TypeMismatch`].
+    pub fn type_mismatch(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::TypeMismatch, msg)
+    }
+
+    /// Shorthand for [`ErrorCode::FailedToParse`].
+    pub fn failed_to_parse(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::FailedToParse, msg)
+    }
+
+    /// Shorthand for [`ErrorCode::InternalError`]; the message goes to the client, so keep it generic.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InternalError, msg)
+    }
+
+    /// Adds an error label (for example `NonResumableChangeStreamError`).
+    pub fn with_label(mut self, label: &'static str) -> Self {
+        self.labels.push(label);
+        self
+    }
+
+    /// Adds fields to the error document.
+    pub fn with_extra(mut self, extra: Document) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    /// The error reply document `{ ok: 0, errmsg, code, codeName, errorLabels? }`.
+    pub fn to_reply(&self) -> Document {
+        let mut reply = doc! {
+            "ok": 0.0,
+            "errmsg": self.msg.as_str(),
+            "code": self.code.code(),
+            "codeName": self.code.name(),
+        };
+        if !self.labels.is_empty() {
+            reply.insert("errorLabels", self.labels.clone());
+        }
+        if let Some(extra) = &self.extra {
+            for (k, v) in extra {
+                reply.insert(k.clone(), v.clone());
+            }
+        }
+        reply
+    }
+
+    /// The entry for a `writeErrors` array: `{ index, code, codeName, errmsg, ... }`.
+    pub fn to_write_error(&self, index: usize) -> Document {
+        let mut entry = doc! {
+            "index": i32::try_from(index).unwrap_or(i32::MAX),
+            "code": self.code.code(),
+            "codeName": self.code.name(),
+            "errmsg": self.msg.as_str(),
+        };
+        if let Some(extra) = &self.extra {
+            for (k, v) in extra {
+                entry.insert(k.clone(), v.clone());
+            }
+        }
+        entry
+    }
+}
+
+/// Result of a command or of any step that can fail with a [`CommandError`].
+pub type CommandResult<T> = Result<T, CommandError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_carries_code_and_name() {
+        let reply = CommandError::new(ErrorCode::CommandNotFound, "no such command: 'foo'").to_reply();
+        assert_eq!(reply.get_f64("ok").ok(), Some(0.0));
+        assert_eq!(reply.get_i32("code").ok(), Some(59));
+        assert_eq!(reply.get_str("codeName").ok(), Some("CommandNotFound"));
+        assert_eq!(reply.get_str("errmsg").ok(), Some("no such command: 'foo'"));
+        assert!(reply.get("errorLabels").is_none());
+    }
+
+    #[test]
+    fn labels_and_extra_fields_are_merged() {
+        let reply = CommandError::new(ErrorCode::ChangeStreamHistoryLost, "lost")
+            .with_label("NonResumableChangeStreamError")
+            .with_extra(doc! { "keyValue": { "a": 1 } })
+            .to_reply();
+        assert_eq!(reply.get_array("errorLabels").map(Vec::len).ok(), Some(1));
+        assert!(reply.get_document("keyValue").is_ok());
+    }
+}

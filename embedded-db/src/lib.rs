@@ -1,0 +1,49 @@
+//! `embedded-db`: a MongoDB-wire-compatible database server with change
+//! streams, durable on disk, that the official drivers (Rust `mongodb`, Node
+//! `mongodb` as used by `mongosh` and mongoose, `pymongo`) use unchanged.
+//!
+//! It answers as a single-node replica set, so `watch()` works as on a real
+//! deployment. Start it in-process with [`Server::start`], or run the
+//! `embedded-db` binary.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), embedded_db::StartError> {
+//! let config = embedded_db::Config::new("127.0.0.1:0".parse().expect("address"), "./data/db");
+//! let server = embedded_db::Server::start(config).await?;
+//! println!("connect to {}", server.uri());
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! The data path, from socket to disk:
+//!
+//! - [`wire`]: bytes ↔ OP_MSG / OP_QUERY requests and OP_MSG / OP_REPLY replies (no I/O).
+//! - `connection`: a socket with a read buffer, reading whole frames.
+//! - `server`: the listener, one task per connection, graceful shutdown.
+//! - `cmd`: the dispatch table and the commands, one file per area.
+//! - `query`: filters, projections, sorting, update operators, aggregation stages.
+//! - `changes`: change streams, resume tokens and event documents.
+//! - `cursor`: open cursors between `getMore`s.
+//! - `storage`: redb tables, the group-commit writer thread and the change log.
+//! - `keys`: the order-preserving key encoding behind `_id` and unique indexes.
+//! - [`error`]: MongoDB error codes and error documents.
+
+mod changes;
+mod cmd;
+mod connection;
+mod cursor;
+mod db;
+pub mod error;
+mod keys;
+mod namespace;
+mod query;
+mod server;
+mod storage;
+pub mod wire;
+
+pub use server::{
+    Config, Server, StartError, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET,
+};

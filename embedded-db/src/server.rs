@@ -1,0 +1,272 @@
+//! The listener: accepts connections, runs one task per connection, and shuts
+//! down gracefully (stop accepting, let connections finish their current
+//! command, flush the writer).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::cmd;
+use crate::connection::{ConnError, Connection};
+use crate::cursor::{Cursors, IDLE_TIMEOUT};
+use crate::db::{ConnInfo, Db, ServerInfo};
+use crate::storage::{Store, StoreError};
+use crate::wire::{self, Request};
+
+/// Default listen address (`EMBEDDED_DB_ADDR`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:27017";
+/// Default data directory (`EMBEDDED_DB_PATH`).
+pub const DEFAULT_PATH: &str = "./data/db";
+/// Default number of change-log entries kept for resuming change streams.
+pub const DEFAULT_HISTORY: u64 = 100_000;
+/// Default replica-set name.
+pub const DEFAULT_REPLICA_SET: &str = "rs0";
+
+/// How long shutdown waits for connections to finish their current command.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Data directory, created if missing.
+    pub path: PathBuf,
+    /// Change-log entries kept (the resumable window of change streams).
+    pub history: u64,
+    /// Replica-set name reported in `hello` (`setName`).
+    pub replica_set: String,
+    /// `host:port` reported in `hello` `hosts`; defaults to the bound address
+    /// (with `127.0.0.1` for an unspecified IP), which is what a local client dials.
+    pub advertised_host: Option<String>,
+}
+
+impl Config {
+    /// Defaults for everything but the address and the data directory.
+    pub fn new(addr: SocketAddr, path: impl Into<PathBuf>) -> Self {
+        Self {
+            addr,
+            path: path.into(),
+            history: DEFAULT_HISTORY,
+            replica_set: DEFAULT_REPLICA_SET.to_owned(),
+            advertised_host: None,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The data directory or database file could not be used.
+    #[error("cannot open data directory {path}: {reason}")]
+    Storage {
+        /// The data directory.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A running server. Dropping it without [`Server::shutdown`] leaves it running until the
+/// runtime stops.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    replica_set: String,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data directory, binds the address and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let store = Store::open(&config.path, config.history).map_err(|e| StartError::Storage {
+            path: config.path.display().to_string(),
+            reason: match e {
+                StoreError::Directory { source, .. } => source.to_string(),
+                StoreError::Database(reason) => reason,
+            },
+        })?;
+        let host = config.advertised_host.clone().unwrap_or_else(|| {
+            let ip = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            format!("{ip}:{}", addr.port())
+        });
+        let db = Arc::new(Db {
+            store,
+            cursors: Cursors::default(),
+            info: ServerInfo {
+                replica_set: config.replica_set.clone(),
+                host,
+                port: addr.port(),
+                bind_ip: addr.ip().to_string(),
+                path: config.path.clone(),
+                started: Instant::now(),
+            },
+            connections: 0.into(),
+            connections_created: 0.into(),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, db, shutdown_rx));
+        tracing::info!(%addr, path = %config.path.display(), "embedded-db listening");
+        Ok(Self {
+            addr,
+            replica_set: config.replica_set,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A connection string for this server (`directConnection=true`, so no DNS or host
+    /// matching is involved).
+    pub fn uri(&self) -> String {
+        format!("mongodb://{}/?directConnection=true", self.addr)
+    }
+
+    /// The replica-set name, for `?replicaSet=` connection strings.
+    pub fn replica_set(&self) -> &str {
+        &self.replica_set
+    }
+
+    /// Stops accepting, waits (up to a few seconds) for connections to finish their current
+    /// command, and closes the data files after every acknowledged write.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    let mut reaper = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let db = Arc::clone(&db);
+                    let shutdown = shutdown.clone();
+                    connections.spawn(serve(stream, peer, db, shutdown));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = reaper.tick() => {
+                let closed = db.cursors.reap(IDLE_TIMEOUT);
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle cursors");
+                }
+                while connections.try_join_next().is_some() {}
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+    db.store.close().await;
+    tracing::info!("embedded-db stopped");
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, db: Arc<Db>, mut shutdown: watch::Receiver<bool>) {
+    // Replies are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
+    db.connections.fetch_add(1, Ordering::Relaxed);
+    let conn = ConnInfo {
+        id,
+        peer: peer.to_string(),
+    };
+    let mut connection = Connection::new(stream);
+    tracing::debug!(connection_id = id, %peer, "connection accepted");
+    let result = tokio::select! {
+        result = serve_requests(&mut connection, &db, &conn) => result,
+        _ = shutdown.wait_for(|stop| *stop) => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(connection_id = id, %peer, cause = %e, "closing connection");
+    }
+    db.connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(connection_id = id, %peer, "connection closed");
+}
+
+async fn serve_requests(
+    connection: &mut Connection,
+    db: &Arc<Db>,
+    conn: &ConnInfo,
+) -> Result<(), ConnError> {
+    let mut reply_id: i32 = 0;
+    while let Some(request) = connection.read_request().await? {
+        reply_id = reply_id.wrapping_add(1);
+        let response_to = request.request_id();
+        let bytes = match request {
+            Request::Msg(msg) => {
+                let reply = cmd::execute(db, conn, msg.body).await;
+                if msg.more_to_come {
+                    // The client asked for no reply (w:0); sending one would shift every later
+                    // response by one.
+                    continue;
+                }
+                wire::encode_msg(reply_id, response_to, &reply)
+            }
+            Request::Query(query) => {
+                let reply = cmd::execute_legacy(db, conn, &query).await;
+                wire::encode_reply(reply_id, response_to, &reply)
+            }
+        };
+        match bytes {
+            Ok(bytes) => connection.write_reply(&bytes).await?,
+            Err(e) => {
+                // A reply too large to send: tell the client with an error document instead.
+                tracing::warn!(cause = %e, "reply could not be encoded");
+                let error = crate::error::CommandError::new(
+                    crate::error::ErrorCode::BsonObjectTooLarge,
+                    "reply exceeds the maximum message size",
+                )
+                .to_reply();
+                let bytes = wire::encode_msg(reply_id, response_to, &error)?;
+                connection.write_reply(&bytes).await?;
+            }
+        }
+    }
+    Ok(())
+}

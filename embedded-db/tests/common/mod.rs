@@ -1,0 +1,65 @@
+//! Shared set-up for integration tests: an `embedded-db` server on
+//! `127.0.0.1:0` over a temporary data directory, and official-driver clients.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses a different part of this module
+
+use std::time::Duration;
+
+use embedded_db::{Config, Server};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+use tempfile::TempDir;
+
+/// A running server, its data directory and a connected client.
+pub struct TestServer {
+    pub server: Server,
+    pub dir: TempDir,
+    pub client: Client,
+}
+
+impl TestServer {
+    /// A fresh database with a name unique to this server.
+    pub fn db(&self) -> Database {
+        self.client.database("test")
+    }
+
+    /// Stops the server (the data directory stays until the value is dropped).
+    pub async fn stop(self) -> TempDir {
+        self.client.clone().shutdown().await;
+        self.server.shutdown().await;
+        self.dir
+    }
+}
+
+/// Starts a server with default settings.
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+/// Starts a server after letting `configure` adjust its settings.
+pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::new("127.0.0.1:0".parse().expect("address"), dir.path());
+    configure(&mut config);
+    let server = Server::start(config).await.expect("server starts");
+    let client = client(&server.uri()).await;
+    TestServer { server, dir, client }
+}
+
+/// A driver client for `uri`, failing fast when the server is not there.
+pub async fn client(uri: &str) -> Client {
+    let mut options = ClientOptions::parse(uri).await.expect("valid uri");
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    Client::with_options(options).expect("client")
+}
+
+/// The server error code carried by a driver error (command, write or insert-many error).
+pub fn code_of(err: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match err.kind.as_ref() {
+        ErrorKind::Command(e) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::InsertMany(e) => e.write_errors.as_ref()?.first().map(|w| w.code),
+        _ => None,
+    }
+}
