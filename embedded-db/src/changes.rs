@@ -12,7 +12,7 @@ use bson::{doc, Bson, Document};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::Namespace;
 use crate::query::aggregate::Pipeline;
-use crate::storage::{position_of, timestamp_of, Position, ReadCtx};
+use crate::storage::{position_of, timestamp_of, Position, ReadCtx, Snapshot};
 
 /// Stages a change stream pipeline may contain after `$changeStream` (MongoDB's list).
 const ALLOWED_STAGES: &[&str] = &[
@@ -157,9 +157,11 @@ impl ChangeStream {
                 "updateLookup" => FullDocument::UpdateLookup,
                 "whenAvailable" => FullDocument::WhenAvailable,
                 "required" => FullDocument::Required,
-                other => return Err(CommandError::bad_value(format!(
-                    "'{other}' is not a valid value for fullDocument"
-                ))),
+                other => {
+                    return Err(CommandError::bad_value(format!(
+                        "'{other}' is not a valid value for fullDocument"
+                    )))
+                }
             },
             Some(other) => {
                 return Err(CommandError::type_mismatch(format!(
@@ -173,9 +175,11 @@ impl ChangeStream {
                 "off" => BeforeChange::Off,
                 "whenAvailable" => BeforeChange::WhenAvailable,
                 "required" => BeforeChange::Required,
-                other => return Err(CommandError::bad_value(format!(
-                    "'{other}' is not a valid value for fullDocumentBeforeChange"
-                ))),
+                other => {
+                    return Err(CommandError::bad_value(format!(
+                        "'{other}' is not a valid value for fullDocumentBeforeChange"
+                    )))
+                }
             },
             Some(other) => {
                 return Err(CommandError::type_mismatch(format!(
@@ -326,7 +330,10 @@ impl ChangeStream {
         let id = record.get("id").cloned();
         match op {
             "insert" | "replace" => {
-                event.insert("fullDocument", record.get("doc").cloned().unwrap_or(Bson::Null));
+                event.insert(
+                    "fullDocument",
+                    record.get("doc").cloned().unwrap_or(Bson::Null),
+                );
             }
             "update" => {
                 if let Some(doc) = self.updated_document(record, read)? {
@@ -378,7 +385,9 @@ impl ChangeStream {
                 };
                 Ok(Some(current.map_or(Bson::Null, Bson::Document)))
             }
-            FullDocument::WhenAvailable => Ok(Some(record.get("post").cloned().unwrap_or(Bson::Null))),
+            FullDocument::WhenAvailable => {
+                Ok(Some(record.get("post").cloned().unwrap_or(Bson::Null)))
+            }
             FullDocument::Required => match record.get("post") {
                 Some(post) => Ok(Some(post.clone())),
                 None => Err(image_missing("post-image", 0)),
@@ -428,12 +437,21 @@ fn event_size(event: &Document) -> usize {
 /// The position a new stream reads after, from `resumeAfter`, `startAfter` or
 /// `startAtOperationTime` (at most one), else the newest committed change.
 fn start_position(options: &Document, read: &ReadCtx) -> CommandResult<Position> {
-    let resume_after = options.get("resumeAfter").filter(|b| !matches!(b, Bson::Null));
-    let start_after = options.get("startAfter").filter(|b| !matches!(b, Bson::Null));
+    let resume_after = options
+        .get("resumeAfter")
+        .filter(|b| !matches!(b, Bson::Null));
+    let start_after = options
+        .get("startAfter")
+        .filter(|b| !matches!(b, Bson::Null));
     let at_time = options
         .get("startAtOperationTime")
         .filter(|b| !matches!(b, Bson::Null));
-    if [resume_after, start_after, at_time].iter().flatten().count() > 1 {
+    if [resume_after, start_after, at_time]
+        .iter()
+        .flatten()
+        .count()
+        > 1
+    {
         return Err(CommandError::bad_value(
             "Only one type of resume option is allowed, but multiple were found",
         ));
@@ -475,7 +493,9 @@ fn start_position(options: &Document, read: &ReadCtx) -> CommandResult<Position>
     }
     let known = match token.kind {
         TokenKind::HighWater => token.pos <= last,
-        TokenKind::Event | TokenKind::Invalidate => token.pos == floor || read.has_change(token.pos)?,
+        TokenKind::Event | TokenKind::Invalidate => {
+            token.pos == floor || read.has_change(token.pos)?
+        }
     };
     if !known {
         return Err(CommandError::new(

@@ -158,7 +158,10 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
         "drop" => catalog::drop(db, &req).await,
         "dropDatabase" => catalog::drop_database(db, &req).await,
         "dropIndexes" | "deleteIndexes" => catalog::drop_indexes(db, &req).await,
-        "endSessions" | "killAllSessions" | "killAllSessionsByPattern" | "killSessions"
+        "endSessions"
+        | "killAllSessions"
+        | "killAllSessionsByPattern"
+        | "killSessions"
         | "refreshSessions" => Ok(Document::new()),
         "find" => query::find(db, &req).await,
         "findAndModify" | "findandmodify" => write::find_and_modify(db, &req).await,
@@ -191,14 +194,49 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
 
 /// The names in the dispatch table, for `listCommands`.
 pub(crate) const COMMANDS: &[&str] = &[
-    "abortTransaction", "aggregate", "buildInfo", "collMod", "collStats", "commitTransaction",
-    "connectionStatus", "count", "create", "createIndexes", "dbStats", "delete", "distinct",
-    "drop", "dropDatabase", "dropIndexes", "endSessions", "find", "findAndModify",
-    "getCmdLineOpts", "getLog", "getMore", "getParameter", "hello", "hostInfo", "insert",
-    "isMaster", "killAllSessions", "killAllSessionsByPattern", "killCursors", "killSessions",
-    "listCollections", "listCommands", "listDatabases", "listIndexes", "ping",
-    "refreshSessions", "renameCollection", "replSetGetStatus", "serverStatus", "startSession",
-    "update", "whatsmyuri",
+    "abortTransaction",
+    "aggregate",
+    "buildInfo",
+    "collMod",
+    "collStats",
+    "commitTransaction",
+    "connectionStatus",
+    "count",
+    "create",
+    "createIndexes",
+    "dbStats",
+    "delete",
+    "distinct",
+    "drop",
+    "dropDatabase",
+    "dropIndexes",
+    "endSessions",
+    "find",
+    "findAndModify",
+    "getCmdLineOpts",
+    "getLog",
+    "getMore",
+    "getParameter",
+    "hello",
+    "hostInfo",
+    "insert",
+    "isMaster",
+    "killAllSessions",
+    "killAllSessionsByPattern",
+    "killCursors",
+    "killSessions",
+    "listCollections",
+    "listCommands",
+    "listDatabases",
+    "listIndexes",
+    "ping",
+    "refreshSessions",
+    "renameCollection",
+    "replSetGetStatus",
+    "serverStatus",
+    "startSession",
+    "update",
+    "whatsmyuri",
 ];
 
 /// An optional sub-document argument; `TypeMismatch` when present with another type.
@@ -248,7 +286,9 @@ fn opt_count(body: &Document, key: &str) -> CommandResult<Option<usize>> {
     match opt_i64(body, key)? {
         None => Ok(None),
         Some(n) => usize::try_from(n).map(Some).map_err(|_| {
-            CommandError::bad_value(format!("{key} value must be non-negative, but received: {n}"))
+            CommandError::bad_value(format!(
+                "{key} value must be non-negative, but received: {n}"
+            ))
         }),
     }
 }
@@ -288,7 +328,7 @@ fn documents_arg(body: &Document, key: &str) -> CommandResult<Vec<Document>> {
 /// `single_batch` or when nothing remains, the cursor id is 0.
 fn first_batch(
     db: &Db,
-    ns: String,
+    ns: &str,
     docs: Vec<Document>,
     batch_size: Option<usize>,
     single_batch: bool,
@@ -299,12 +339,12 @@ fn first_batch(
         0
     } else {
         db.cursors.insert(Cursor::new(
-            ns.clone(),
+            ns.to_owned(),
             CursorKind::Documents(remaining),
             batch_size,
         ))
     };
-    cursor_reply(&ns, id, "firstBatch", batch, None)
+    cursor_reply(ns, id, "firstBatch", batch, None)
 }
 
 /// Takes up to `limit` documents and at most [`BATCH_BYTES`] from the front of `queue`

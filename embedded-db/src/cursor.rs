@@ -71,7 +71,9 @@ impl Default for Cursors {
 impl Cursors {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Cursor>> {
         // A panic while holding the lock cannot leave the map inconsistent: keep serving.
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Registers a cursor and returns its new, positive, never-reused id.

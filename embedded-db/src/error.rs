@@ -72,8 +72,20 @@ pub enum ErrorCode {
     BsonObjectTooLarge = 10334,
     /// A unique index would hold the same key twice.
     DuplicateKey = 11000,
+    /// A `$group` accumulator is not known.
+    UnknownGroupOperator = 15952,
+    /// An expression operator got the wrong number of arguments.
+    ExpressionArity = 16020,
     /// `$size` takes a non-negative whole number.
     BadSizeArgument = 16810,
+    /// The expression operator `$size` was given something other than an array.
+    SizeArgumentNotArray = 17124,
+    /// A projection names a path and a path inside it.
+    ProjectionPathCollision = 31250,
+    /// An inclusion (or computed field) in an exclusion projection.
+    ProjectionInclusionInExclusion = 31253,
+    /// An exclusion in an inclusion projection.
+    ProjectionExclusionInInclusion = 31254,
     /// A pipeline stage is not known or not allowed here.
     UnrecognizedPipelineStage = 40324,
     /// A `$group` specification is invalid.
@@ -117,8 +129,14 @@ impl ErrorCode {
             Self::UnsupportedOpQueryCommand => "UnsupportedOpQueryCommand",
             Self::BsonObjectTooLarge => "BSONObjectTooLarge",
             Self::DuplicateKey => "DuplicateKey",
+            Self::UnknownGroupOperator => "Location15952",
+            Self::ExpressionArity => "Location16020",
             Self::BadSizeArgument => "Location16810",
             Self::InvalidPipelineOperator => "InvalidPipelineOperator",
+            Self::SizeArgumentNotArray => "Location17124",
+            Self::ProjectionPathCollision => "Location31250",
+            Self::ProjectionInclusionInExclusion => "Location31253",
+            Self::ProjectionExclusionInInclusion => "Location31254",
             Self::UnrecognizedPipelineStage => "Location40324",
             Self::GroupSpecification => "Location15947",
             Self::ChangeStreamNotFirst => "Location40602",
@@ -143,8 +161,9 @@ pub struct CommandError {
     pub msg: String,
     /// Error labels such as `NonResumableChangeStreamError`.
     pub labels: Vec<&'static str>,
-    /// Extra fields merged into the error reply (for example `keyValue` on duplicate keys).
-    pub extra: Option<Document>,
+    /// Extra fields merged into the error reply (for example `keyValue` on duplicate keys);
+    /// boxed so that `Result<_, CommandError>` stays small on the hot path.
+    pub extra: Option<Box<Document>>,
 }
 
 impl CommandError {
@@ -186,7 +205,7 @@ impl CommandError {
 
     /// Adds fields to the error document.
     pub fn with_extra(mut self, extra: Document) -> Self {
-        self.extra = Some(extra);
+        self.extra = Some(Box::new(extra));
         self
     }
 
@@ -202,7 +221,7 @@ impl CommandError {
             reply.insert("errorLabels", self.labels.clone());
         }
         if let Some(extra) = &self.extra {
-            for (k, v) in extra {
+            for (k, v) in extra.iter() {
                 reply.insert(k.clone(), v.clone());
             }
         }
@@ -218,7 +237,7 @@ impl CommandError {
             "errmsg": self.msg.as_str(),
         };
         if let Some(extra) = &self.extra {
-            for (k, v) in extra {
+            for (k, v) in extra.iter() {
                 entry.insert(k.clone(), v.clone());
             }
         }
@@ -235,7 +254,8 @@ mod tests {
 
     #[test]
     fn reply_carries_code_and_name() {
-        let reply = CommandError::new(ErrorCode::CommandNotFound, "no such command: 'foo'").to_reply();
+        let reply =
+            CommandError::new(ErrorCode::CommandNotFound, "no such command: 'foo'").to_reply();
         assert_eq!(reply.get_f64("ok").ok(), Some(0.0));
         assert_eq!(reply.get_i32("code").ok(), Some(59));
         assert_eq!(reply.get_str("codeName").ok(), Some("CommandNotFound"));

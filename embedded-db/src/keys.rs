@@ -52,7 +52,11 @@ fn append(out: &mut Vec<u8>, value: &Bson) {
         }
         Bson::Double(f) => {
             #[allow(clippy::cast_possible_truncation)] // only used when the double is integral
-            let exact = if f.is_finite() && f.fract() == 0.0 { *f as i64 } else { 0 };
+            let exact = if f.is_finite() && f.fract() == 0.0 {
+                *f as i64
+            } else {
+                0
+            };
             append_number(out, *f, exact)
         }
         Bson::Decimal128(d) => {
@@ -208,7 +212,6 @@ fn collect_in_document(d: &Document, path: &str, found: &mut Vec<Bson>) {
     match rest {
         Some(rest) => collect(child, rest, found),
         None => match child {
-            Bson::Array(items) if items.is_empty() => found.push(Bson::Null),
             Bson::Array(items) => found.extend(items.iter().cloned()),
             other => found.push(other.clone()),
         },
@@ -245,7 +248,10 @@ mod tests {
         assert_eq!(encode(&Bson::Int32(1)), encode(&Bson::Double(1.0)));
         assert_eq!(encode(&Bson::Int64(1)), encode(&Bson::Int32(1)));
         assert_eq!(encode(&Bson::Double(-0.0)), encode(&Bson::Int32(0)));
-        assert_ne!(encode(&Bson::Int64(1 << 60)), encode(&Bson::Int64((1 << 60) + 1)));
+        assert_ne!(
+            encode(&Bson::Int64(1 << 60)),
+            encode(&Bson::Int64((1 << 60) + 1))
+        );
     }
 
     #[test]
@@ -280,7 +286,12 @@ mod tests {
             Bson::MaxKey,
         ];
         for pair in ordered.windows(2) {
-            assert!(encode(&pair[0]) < encode(&pair[1]), "{:?} < {:?}", pair[0], pair[1]);
+            assert!(
+                encode(&pair[0]) < encode(&pair[1]),
+                "{:?} < {:?}",
+                pair[0],
+                pair[1]
+            );
         }
     }
 
@@ -289,7 +300,10 @@ mod tests {
         let d = doc! { "a": [1, 2], "b": { "c": "x" }, "d": [{ "e": 1 }, { "e": 2 }] };
         assert_eq!(index_values(&d, "a"), vec![Bson::Int32(1), Bson::Int32(2)]);
         assert_eq!(index_values(&d, "b.c"), vec![Bson::String("x".into())]);
-        assert_eq!(index_values(&d, "d.e"), vec![Bson::Int32(1), Bson::Int32(2)]);
+        assert_eq!(
+            index_values(&d, "d.e"),
+            vec![Bson::Int32(1), Bson::Int32(2)]
+        );
         assert_eq!(index_values(&d, "missing"), vec![Bson::Null]);
     }
 }

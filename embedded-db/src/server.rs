@@ -207,7 +207,12 @@ async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Re
     tracing::info!("embedded-db stopped");
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, db: Arc<Db>, mut shutdown: watch::Receiver<bool>) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    db: Arc<Db>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // Replies are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;

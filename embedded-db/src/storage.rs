@@ -116,7 +116,11 @@ fn id_to_key(id: i64) -> u64 {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ChangeRecord {
     /// A document was inserted (`doc` is the full document).
-    Insert { ns: Namespace, id: Bson, doc: Document },
+    Insert {
+        ns: Namespace,
+        id: Bson,
+        doc: Document,
+    },
     /// A document was updated with operators.
     Update {
         ns: Namespace,
@@ -586,7 +590,6 @@ impl Snapshot for WriteCtx<'_> {
 }
 
 impl ReadCtx {
-
     /// The names of databases that hold at least one collection, sorted.
     pub(crate) fn databases(&self) -> CommandResult<Vec<String>> {
         let table = self.txn.open_table(CATALOG).map_err(storage_error)?;
@@ -686,7 +689,10 @@ fn list_collections(
     {
         let (key, value) = entry.map_err(storage_error)?;
         let name = key.value()[start.len()..].to_owned();
-        out.push((name, bson::from_slice(value.value()).map_err(storage_error)?));
+        out.push((
+            name,
+            bson::from_slice(value.value()).map_err(storage_error)?,
+        ));
     }
     Ok(out)
 }
@@ -754,11 +760,6 @@ impl WriteCtx<'_> {
         self.wall
     }
 
-    /// The cluster time of the newest change in this transaction so far.
-    pub(crate) fn last_position(&self) -> Position {
-        self.counters.last_position
-    }
-
     fn next_id(&mut self) -> i64 {
         let id = self.counters.next_id;
         self.counters.next_id += 1;
@@ -811,13 +812,18 @@ impl WriteCtx<'_> {
 
     /// Drops the collection with its documents and index keys, recording a `drop` change.
     /// Returns the dropped entry, or `None` when there was no such collection.
-    pub(crate) fn drop_collection(&mut self, ns: &Namespace) -> CommandResult<Option<CollectionMeta>> {
+    pub(crate) fn drop_collection(
+        &mut self,
+        ns: &Namespace,
+    ) -> CommandResult<Option<CollectionMeta>> {
         let Some(meta) = self.collection(ns)? else {
             return Ok(None);
         };
         {
             let mut catalog = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
-            catalog.remove(ns.key().as_str()).map_err(|e| self.fail(e))?;
+            catalog
+                .remove(ns.key().as_str())
+                .map_err(|e| self.fail(e))?;
         }
         self.clear_range(DOCUMENTS, meta.key_prefix())?;
         for index in &meta.indexes {
@@ -849,7 +855,9 @@ impl WriteCtx<'_> {
     ) -> CommandResult<()> {
         {
             let mut catalog = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
-            catalog.remove(from.key().as_str()).map_err(|e| self.fail(e))?;
+            catalog
+                .remove(from.key().as_str())
+                .map_err(|e| self.fail(e))?;
         }
         self.save_collection(to, meta)?;
         self.record(&ChangeRecord::Rename {
@@ -876,7 +884,12 @@ impl WriteCtx<'_> {
                 .map_err(|e| self.fail(e))?
                 .is_some()
             {
-                return Err(duplicate_key(ns, "_id_", &doc! { "_id": 1 }, &doc! { "_id": id }));
+                return Err(duplicate_key(
+                    ns,
+                    "_id_",
+                    &doc! { "_id": 1 },
+                    &doc! { "_id": id },
+                ));
             }
             self.add_index_keys(ns, meta, &doc, &id_key)?;
             table
@@ -1098,7 +1111,12 @@ fn encode_document(doc: &Document) -> CommandResult<Vec<u8>> {
 }
 
 /// The 11000 error MongoDB gives, with `keyPattern` and `keyValue`.
-fn duplicate_key(ns: &Namespace, index: &str, pattern: &Document, value: &Document) -> CommandError {
+fn duplicate_key(
+    ns: &Namespace,
+    index: &str,
+    pattern: &Document,
+    value: &Document,
+) -> CommandError {
     let shown: Vec<String> = value.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     CommandError::new(
         ErrorCode::DuplicateKey,

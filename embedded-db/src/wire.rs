@@ -208,10 +208,12 @@ fn read_document(buf: &[u8], max_len: usize) -> Result<(Document, usize), Error>
         .filter(|l| *l >= 5 && *l <= buf.len())
         .ok_or_else(|| invalid(format!("bad document length {len}")))?;
     if len > max_len {
-        return Err(invalid(format!("document of {len} bytes exceeds {max_len}")));
+        return Err(invalid(format!(
+            "document of {len} bytes exceeds {max_len}"
+        )));
     }
-    let doc = Document::from_reader(&buf[..len])
-        .map_err(|e| invalid(format!("malformed BSON: {e}")))?;
+    let doc =
+        Document::from_reader(&buf[..len]).map_err(|e| invalid(format!("malformed BSON: {e}")))?;
     Ok((doc, len))
 }
 
@@ -256,7 +258,10 @@ fn append_document(out: &mut Vec<u8>, doc: &Document) -> Result<(), Error> {
 
 fn finish(mut out: Vec<u8>) -> Result<Vec<u8>, Error> {
     if out.len() > MAX_MESSAGE_LEN {
-        return Err(invalid(format!("reply of {} bytes is too large", out.len())));
+        return Err(invalid(format!(
+            "reply of {} bytes is too large",
+            out.len()
+        )));
     }
     let len = i32::try_from(out.len()).map_err(|_| invalid("reply too large"))?;
     out[..4].copy_from_slice(&len.to_le_bytes());
@@ -328,7 +333,11 @@ mod tests {
 
     #[test]
     fn checksum_is_stripped() {
-        let frame = op_msg(FLAG_CHECKSUM_PRESENT, &kind0(&doc! { "ping": 1 }), &[1, 2, 3, 4]);
+        let frame = op_msg(
+            FLAG_CHECKSUM_PRESENT,
+            &kind0(&doc! { "ping": 1 }),
+            &[1, 2, 3, 4],
+        );
         assert!(matches!(parse(&frame), Ok(Request::Msg(_))));
     }
 
@@ -340,9 +349,18 @@ mod tests {
 
     #[test]
     fn lengths_out_of_range_are_invalid() {
-        assert!(matches!(frame_len(&8i32.to_le_bytes()), Err(Error::Invalid(_))));
-        assert!(matches!(frame_len(&(-1i32).to_le_bytes()), Err(Error::Invalid(_))));
-        assert!(matches!(frame_len(&i32::MAX.to_le_bytes()), Err(Error::Invalid(_))));
+        assert!(matches!(
+            frame_len(&8i32.to_le_bytes()),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            frame_len(&(-1i32).to_le_bytes()),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            frame_len(&i32::MAX.to_le_bytes()),
+            Err(Error::Invalid(_))
+        ));
         assert_eq!(frame_len(&[1, 2]), Err(Error::Incomplete));
     }
 

@@ -27,7 +27,10 @@ async fn hello_reports_replica_set_primary() {
     assert_eq!(reply.get_i32("logicalSessionTimeoutMinutes"), Ok(30));
     assert_eq!(reply.get_i32("maxBsonObjectSize"), Ok(16 * 1024 * 1024));
     let host = server.server.local_addr().to_string();
-    assert_eq!(reply.get_array("hosts").ok(), Some(&vec![Bson::String(host.clone())]));
+    assert_eq!(
+        reply.get_array("hosts").ok(),
+        Some(&vec![Bson::String(host.clone())])
+    );
     assert_eq!(reply.get_str("me"), Ok(host.as_str()));
     assert!(reply.get("topologyVersion").is_none());
     assert!(reply.get("compression").is_none());
@@ -49,35 +52,76 @@ async fn replica_set_uri_connects() {
     let coll = client.database("test").collection::<Document>("c");
     coll.insert_one(doc! { "_id": 1 }).await.expect("insert");
     assert_eq!(coll.count_documents(doc! {}).await.expect("count"), 1);
-    let wrong = format!("mongodb://{}/?replicaSet=other&serverSelectionTimeoutMS=300", server.server.local_addr());
+    let wrong = format!(
+        "mongodb://{}/?replicaSet=other&serverSelectionTimeoutMS=300",
+        server.server.local_addr()
+    );
     let client = mongodb::Client::with_uri_str(&wrong).await.expect("client");
-    assert!(client.database("test").run_command(doc! { "ping": 1 }).await.is_err());
+    assert!(client
+        .database("test")
+        .run_command(doc! { "ping": 1 })
+        .await
+        .is_err());
 }
 
 /// The diagnostic commands tools send at start-up answer with the fields they read.
 #[tokio::test]
 async fn admin_commands_answer() {
     let server = common::start().await;
-    assert_eq!(admin(&server, doc! { "ping": 1 }).await.get_f64("ok"), Ok(1.0));
+    assert_eq!(
+        admin(&server, doc! { "ping": 1 }).await.get_f64("ok"),
+        Ok(1.0)
+    );
     let build = admin(&server, doc! { "buildInfo": 1 }).await;
-    assert!(build.get_str("version").expect("version").starts_with("7.0."));
+    assert!(build
+        .get_str("version")
+        .expect("version")
+        .starts_with("7.0."));
     assert_eq!(build.get_array("versionArray").map(Vec::len), Ok(4));
     let params = admin(&server, doc! { "getParameter": "*" }).await;
-    assert_eq!(params.get_document("featureCompatibilityVersion").and_then(|d| d.get_str("version")), Ok("7.0"));
+    assert_eq!(
+        params
+            .get_document("featureCompatibilityVersion")
+            .and_then(|d| d.get_str("version")),
+        Ok("7.0")
+    );
     assert!(params.contains_key("enableTestCommands"));
-    let fcv = admin(&server, doc! { "getParameter": 1, "featureCompatibilityVersion": 1 }).await;
+    let fcv = admin(
+        &server,
+        doc! { "getParameter": 1, "featureCompatibilityVersion": 1 },
+    )
+    .await;
     assert!(fcv.contains_key("featureCompatibilityVersion"));
     let status = admin(&server, doc! { "serverStatus": 1 }).await;
-    assert!(status.get_document("connections").and_then(|c| c.get_i64("current")).expect("current") >= 1);
-    assert!(status.get_document("storageEngine").and_then(|s| s.get_str("name")).is_ok());
+    assert!(
+        status
+            .get_document("connections")
+            .and_then(|c| c.get_i64("current"))
+            .expect("current")
+            >= 1
+    );
+    assert!(status
+        .get_document("storageEngine")
+        .and_then(|s| s.get_str("name"))
+        .is_ok());
     let opts = admin(&server, doc! { "getCmdLineOpts": 1 }).await;
     assert!(opts.get_document("parsed").is_ok());
-    let conn = admin(&server, doc! { "connectionStatus": 1, "showPrivileges": true }).await;
+    let conn = admin(
+        &server,
+        doc! { "connectionStatus": 1, "showPrivileges": true },
+    )
+    .await;
     assert!(conn.get_document("authInfo").is_ok());
-    assert!(admin(&server, doc! { "hostInfo": 1 }).await.get_document("system").is_ok());
+    assert!(admin(&server, doc! { "hostInfo": 1 })
+        .await
+        .get_document("system")
+        .is_ok());
     let log = admin(&server, doc! { "getLog": "startupWarnings" }).await;
     assert_eq!(log.get_array("log").map(Vec::len), Ok(0));
-    assert!(admin(&server, doc! { "whatsmyuri": 1 }).await.get_str("you").is_ok());
+    assert!(admin(&server, doc! { "whatsmyuri": 1 })
+        .await
+        .get_str("you")
+        .is_ok());
     let session = admin(&server, doc! { "startSession": 1 }).await;
     assert!(session.get_document("id").is_ok());
     for command in ["endSessions", "killSessions", "refreshSessions"] {
@@ -93,12 +137,21 @@ async fn admin_commands_answer() {
 async fn unsupported_requests_get_error_codes() {
     let server = common::start().await;
     let admin_db = server.client.database("admin");
-    let err = admin_db.run_command(doc! { "atlasVersion": 1 }).await.expect_err("unknown");
+    let err = admin_db
+        .run_command(doc! { "atlasVersion": 1 })
+        .await
+        .expect_err("unknown");
     assert_eq!(common::code_of(&err), Some(59));
-    let err = admin_db.run_command(doc! { "getParameter": 1, "nope": 1 }).await.expect_err("unknown parameter");
+    let err = admin_db
+        .run_command(doc! { "getParameter": 1, "nope": 1 })
+        .await
+        .expect_err("unknown parameter");
     assert_eq!(common::code_of(&err), Some(72));
     let mut session = server.client.start_session().await.expect("session");
-    session.start_transaction().await.expect("client-side start");
+    session
+        .start_transaction()
+        .await
+        .expect("client-side start");
     let coll = server.db().collection::<Document>("tx");
     let err = coll
         .insert_one(doc! { "x": 1 })
@@ -114,14 +167,34 @@ async fn unsupported_requests_get_error_codes() {
 #[tokio::test]
 async fn list_and_drop_databases() {
     let server = common::start().await;
-    server.client.database("one").collection::<Document>("a").insert_one(doc! { "x": 1 }).await.expect("insert");
-    server.client.database("two").collection::<Document>("b").insert_one(doc! { "x": 1 }).await.expect("insert");
+    server
+        .client
+        .database("one")
+        .collection::<Document>("a")
+        .insert_one(doc! { "x": 1 })
+        .await
+        .expect("insert");
+    server
+        .client
+        .database("two")
+        .collection::<Document>("b")
+        .insert_one(doc! { "x": 1 })
+        .await
+        .expect("insert");
     let names = server.client.list_database_names().await.expect("names");
     assert_eq!(names, vec!["one".to_owned(), "two".to_owned()]);
     let specs = server.client.list_databases().await.expect("databases");
     assert!(specs.iter().all(|d| d.size_on_disk > 0 && !d.empty));
     server.client.database("one").drop().await.expect("drop");
-    assert_eq!(server.client.list_database_names().await.expect("names"), vec!["two".to_owned()]);
+    assert_eq!(
+        server.client.list_database_names().await.expect("names"),
+        vec!["two".to_owned()]
+    );
     // Dropping a database that does not exist succeeds, as on MongoDB.
-    server.client.database("nothing").drop().await.expect("drop missing");
+    server
+        .client
+        .database("nothing")
+        .drop()
+        .await
+        .expect("drop missing");
 }

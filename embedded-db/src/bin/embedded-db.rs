@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use embedded_db::{Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET};
+use embedded_db::{
+    Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET,
+};
 
 /// A MongoDB-wire-compatible database with change streams, durable on disk.
 #[derive(Debug, Parser)]
@@ -37,6 +39,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "embedded_db=info".into()),

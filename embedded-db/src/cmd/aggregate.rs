@@ -25,22 +25,25 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
             ))
         }
     };
-    let batch_size = match opt_document(&req.body, "cursor")? {
-        Some(cursor) => opt_count(cursor, "batchSize")?,
-        None if req.body.get_bool("explain").unwrap_or(false) => None,
-        None => {
-            return Err(CommandError::failed_to_parse(
+    let batch_size =
+        match opt_document(&req.body, "cursor")? {
+            Some(cursor) => opt_count(cursor, "batchSize")?,
+            None if req.body.get_bool("explain").unwrap_or(false) => None,
+            None => return Err(CommandError::failed_to_parse(
                 "The 'cursor' option is required, except for aggregate with the explain argument",
-            ))
-        }
-    };
+            )),
+        };
     let stage_name = |stage: &Bson| {
         stage
             .as_document()
             .and_then(|d| d.keys().next().cloned())
             .unwrap_or_default()
     };
-    if stages.iter().skip(1).any(|s| stage_name(s) == "$changeStream") {
+    if stages
+        .iter()
+        .skip(1)
+        .any(|s| stage_name(s) == "$changeStream")
+    {
         return Err(CommandError::new(
             ErrorCode::ChangeStreamNotFirst,
             "$changeStream is only valid as the first stage in a pipeline",
@@ -68,7 +71,9 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
             let (input, rest) = match stages.first().and_then(|s| s.as_document()) {
                 Some(stage) if stage.keys().next().map(String::as_str) == Some("$match") => {
                     let filter = Filter::parse(stage.get_document("$match").map_err(|_| {
-                        CommandError::type_mismatch("the match filter must be an expression in an object")
+                        CommandError::type_mismatch(
+                            "the match filter must be an expression in an object",
+                        )
                     })?)?;
                     (Some(filter), &stages[1..])
                 }
@@ -85,7 +90,7 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
             pipeline.run(docs)
         })
         .await?;
-    Ok(first_batch(db, ns_text, docs, batch_size, false))
+    Ok(first_batch(db, &ns_text, docs, batch_size, false))
 }
 
 /// Opens a change stream: answers at once with the events already available (usually none)
@@ -119,7 +124,10 @@ async fn change_stream(
                     "$changeStream on the admin database requires 'allChangesForCluster:true'",
                 ));
             }
-            (Scope::Database(req.db.clone()), format!("{}.$cmd.aggregate", req.db))
+            (
+                Scope::Database(req.db.clone()),
+                format!("{}.$cmd.aggregate", req.db),
+            )
         }
         _ => {
             return Err(CommandError::failed_to_parse(
@@ -146,5 +154,11 @@ async fn change_stream(
         ))
     };
     let events = batch.events.into_iter().map(Bson::Document).collect();
-    Ok(cursor_reply(&ns, id, "firstBatch", events, Some(batch.post_batch_token)))
+    Ok(cursor_reply(
+        &ns,
+        id,
+        "firstBatch",
+        events,
+        Some(batch.post_batch_token),
+    ))
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 
-use super::{command_options, documents_arg, first_batch, opt_bool, opt_count, opt_document, Request};
+use super::{
+    command_options, documents_arg, first_batch, opt_bool, opt_count, opt_document, Request,
+};
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::{validate_db, Namespace};
@@ -19,7 +21,10 @@ fn id_index_spec() -> Document {
 }
 
 fn not_found(ns: &Namespace) -> CommandError {
-    CommandError::new(ErrorCode::NamespaceNotFound, format!("ns does not exist: {ns}"))
+    CommandError::new(
+        ErrorCode::NamespaceNotFound,
+        format!("ns does not exist: {ns}"),
+    )
 }
 
 /// Implements `create`. Views, time-series and capped collections are refused with
@@ -51,7 +56,10 @@ pub(super) async fn drop(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docum
         .write(move |ctx| {
             let mut reply = doc! { "ns": ns.to_string() };
             if let Some(meta) = ctx.drop_collection(&ns)? {
-                reply.insert("nIndexesWas", i32::try_from(meta.indexes.len() + 1).unwrap_or(i32::MAX));
+                reply.insert(
+                    "nIndexesWas",
+                    i32::try_from(meta.indexes.len() + 1).unwrap_or(i32::MAX),
+                );
             }
             Ok(reply)
         })
@@ -110,7 +118,13 @@ pub(super) async fn list_collections(db: &Arc<Db>, req: &Request<'_>) -> Command
             }
         })
         .collect();
-    Ok(first_batch(db, format!("{name}.$cmd.listCollections"), entries, batch_size, false))
+    Ok(first_batch(
+        db,
+        &format!("{name}.$cmd.listCollections"),
+        entries,
+        batch_size,
+        false,
+    ))
 }
 
 /// Implements `listDatabases` (`filter`, `nameOnly`).
@@ -140,7 +154,11 @@ pub(super) async fn list_databases(db: &Arc<Db>, req: &Request<'_>) -> CommandRe
             continue;
         }
         total = total.saturating_add(size);
-        databases.push(Bson::Document(if name_only { doc! { "name": name } } else { entry }));
+        databases.push(Bson::Document(if name_only {
+            doc! { "name": name }
+        } else {
+            entry
+        }));
     }
     let mut reply = doc! { "databases": databases };
     if !name_only {
@@ -160,7 +178,11 @@ pub(super) async fn rename_collection(db: &Arc<Db>, req: &Request<'_>) -> Comman
     }
     let from = match req.value() {
         Bson::String(s) => Namespace::parse(s)?,
-        _ => return Err(CommandError::type_mismatch("renameCollection must be a string")),
+        _ => {
+            return Err(CommandError::type_mismatch(
+                "renameCollection must be a string",
+            ))
+        }
     };
     let to = match req.body.get("to") {
         Some(Bson::String(s)) => Namespace::parse(s)?,
@@ -170,7 +192,10 @@ pub(super) async fn rename_collection(db: &Arc<Db>, req: &Request<'_>) -> Comman
     db.store
         .write(move |ctx| {
             let meta = ctx.collection(&from)?.ok_or_else(|| {
-                CommandError::new(ErrorCode::NamespaceNotFound, "source namespace does not exist")
+                CommandError::new(
+                    ErrorCode::NamespaceNotFound,
+                    "source namespace does not exist",
+                )
             })?;
             if from == to {
                 return Err(CommandError::new(
@@ -214,7 +239,9 @@ fn parse_index(spec: &Document) -> CommandResult<(String, Document, bool, Docume
     let key = opt_document(spec, "key")?
         .filter(|k| !k.is_empty())
         .cloned()
-        .ok_or_else(|| CommandError::failed_to_parse("index specification must have a non-empty 'key'"))?;
+        .ok_or_else(|| {
+            CommandError::failed_to_parse("index specification must have a non-empty 'key'")
+        })?;
     for (field, direction) in &key {
         let valid = match direction {
             Bson::Int32(v) => *v != 0,
@@ -237,7 +264,11 @@ fn parse_index(spec: &Document) -> CommandResult<(String, Document, bool, Docume
             .map(|(k, v)| format!("{k}_{v}"))
             .collect::<Vec<_>>()
             .join("_"),
-        _ => return Err(CommandError::type_mismatch("index name must be a non-empty string")),
+        _ => {
+            return Err(CommandError::type_mismatch(
+                "index name must be a non-empty string",
+            ))
+        }
     };
     let unique = opt_bool(spec, "unique")?.unwrap_or(false);
     // Store the options as given (echoed by listIndexes), minus legacy fields MongoDB ignores.
@@ -256,9 +287,14 @@ pub(super) async fn create_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandRe
     let ns = req.namespace()?;
     let specs = documents_arg(&req.body, "indexes")?;
     if specs.is_empty() {
-        return Err(CommandError::bad_value("Must specify at least one index to create"));
+        return Err(CommandError::bad_value(
+            "Must specify at least one index to create",
+        ));
     }
-    let parsed = specs.iter().map(parse_index).collect::<CommandResult<Vec<_>>>()?;
+    let parsed = specs
+        .iter()
+        .map(parse_index)
+        .collect::<CommandResult<Vec<_>>>()?;
     db.store
         .write(move |ctx| {
             let created_collection = ctx.collection(&ns)?.is_none();
@@ -319,17 +355,15 @@ pub(super) async fn list_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandResu
     .ok_or_else(|| not_found(&ns))?;
     let mut specs = vec![id_index_spec()];
     specs.extend(meta.indexes.into_iter().map(|i| i.spec));
-    Ok(first_batch(db, ns_text, specs, None, false))
+    Ok(first_batch(db, &ns_text, specs, None, false))
 }
 
 /// Implements `dropIndexes` (a name, a key pattern, a list of names, or `"*"`).
 pub(super) async fn drop_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
     let ns = req.namespace()?;
-    let target = req
-        .body
-        .get("index")
-        .cloned()
-        .ok_or_else(|| CommandError::failed_to_parse("BSON field 'index' is missing but a required field"))?;
+    let target = req.body.get("index").cloned().ok_or_else(|| {
+        CommandError::failed_to_parse("BSON field 'index' is missing but a required field")
+    })?;
     db.store
         .write(move |ctx| {
             let mut meta = ctx.collection(&ns)?.ok_or_else(|| not_found(&ns))?;
@@ -358,7 +392,10 @@ fn select_indexes(meta: &CollectionMeta, target: &Bson) -> CommandResult<Vec<Str
             .find(|i| i.name == name)
             .map(|i| i.name.clone())
             .ok_or_else(|| {
-                CommandError::new(ErrorCode::IndexNotFound, format!("index not found with name [{name}]"))
+                CommandError::new(
+                    ErrorCode::IndexNotFound,
+                    format!("index not found with name [{name}]"),
+                )
             })
     };
     match target {
@@ -380,10 +417,15 @@ fn select_indexes(meta: &CollectionMeta, target: &Bson) -> CommandResult<Vec<Str
                 .find(|i| &i.key == key)
                 .map(|i| vec![i.name.clone()])
                 .ok_or_else(|| {
-                    CommandError::new(ErrorCode::IndexNotFound, format!("can't find index with key: {key}"))
+                    CommandError::new(
+                        ErrorCode::IndexNotFound,
+                        format!("can't find index with key: {key}"),
+                    )
                 })
         }
-        _ => Err(CommandError::type_mismatch("'index' must be a string, array or object")),
+        _ => Err(CommandError::type_mismatch(
+            "'index' must be a string, array or object",
+        )),
     }
 }
 
@@ -407,7 +449,11 @@ pub(super) async fn db_stats(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
             .await?
     };
     #[allow(clippy::cast_precision_loss)]
-    let avg = if objects > 0 { bytes as f64 / objects as f64 } else { 0.0 };
+    let avg = if objects > 0 {
+        bytes as f64 / objects as f64
+    } else {
+        0.0
+    };
     Ok(doc! {
         "db": name,
         "collections": collections,

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, Document};
 
-use super::{cursor_reply, first_batch, opt_bool, opt_count, opt_document, opt_i64, take_batch, Request};
+use super::{
+    cursor_reply, first_batch, opt_bool, opt_count, opt_document, opt_i64, take_batch, Request,
+};
 use crate::cursor::{Cursor, CursorKind};
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
@@ -28,7 +30,10 @@ pub(super) fn matching(
         Some(id) => read.find_by_id(meta, id)?.into_iter().collect(),
         None => read.scan(meta)?,
     };
-    Ok(candidates.into_iter().filter(|d| filter.matches(d)).collect())
+    Ok(candidates
+        .into_iter()
+        .filter(|d| filter.matches(d))
+        .collect())
 }
 
 /// Applies sort, skip and limit to a matched set (the sort is stable).
@@ -53,14 +58,17 @@ pub(super) async fn find(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docum
     let ns = req.namespace()?;
     let body = &req.body;
     let filter = Filter::parse(opt_document(body, "filter")?.unwrap_or(&Document::new()))?;
-    let sort = opt_document(body, "sort")?.map(SortSpec::parse).transpose()?;
+    let sort = opt_document(body, "sort")?
+        .map(SortSpec::parse)
+        .transpose()?;
     let projection = opt_document(body, "projection")?
         .map(Projection::parse)
         .transpose()?;
     let skip = opt_count(body, "skip")?.unwrap_or(0);
     // A negative limit is the legacy spelling of "limit, single batch".
     let limit = opt_i64(body, "limit")?;
-    let single_batch = opt_bool(body, "singleBatch")?.unwrap_or(false) || limit.is_some_and(|l| l < 0);
+    let single_batch =
+        opt_bool(body, "singleBatch")?.unwrap_or(false) || limit.is_some_and(|l| l < 0);
     let limit = limit
         .filter(|l| *l != 0)
         .map(|l| usize::try_from(l.unsigned_abs()).unwrap_or(usize::MAX));
@@ -82,7 +90,7 @@ pub(super) async fn find(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docum
             }
         })
         .await?;
-    Ok(first_batch(db, ns_text, docs, batch_size, single_batch))
+    Ok(first_batch(db, &ns_text, docs, batch_size, single_batch))
 }
 
 /// Implements `getMore`, for query cursors and change streams.
@@ -131,12 +139,22 @@ pub(super) async fn get_more(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
             } else {
                 db.cursors.restore(
                     id,
-                    Cursor::new(ns.clone(), CursorKind::ChangeStream(stream), cursor.batch_size),
+                    Cursor::new(
+                        ns.clone(),
+                        CursorKind::ChangeStream(stream),
+                        cursor.batch_size,
+                    ),
                 );
                 id
             };
             let events = batch.events.into_iter().map(Bson::Document).collect();
-            Ok(cursor_reply(&ns, reply_id, "nextBatch", events, Some(batch.post_batch_token)))
+            Ok(cursor_reply(
+                &ns,
+                reply_id,
+                "nextBatch",
+                events,
+                Some(batch.post_batch_token),
+            ))
         }
     }
 }

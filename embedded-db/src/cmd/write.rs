@@ -12,7 +12,7 @@ use bson::{doc, oid::ObjectId, Bson, Document};
 use super::query::order_and_cut;
 use super::{documents_arg, opt_bool, opt_document, Request};
 use crate::db::Db;
-use crate::error::{CommandError, CommandResult, ErrorCode};
+use crate::error::{CommandError, CommandResult};
 use crate::namespace::Namespace;
 use crate::query::filter::{equality_fields, Filter};
 use crate::query::projection::Projection;
@@ -27,7 +27,9 @@ fn with_id_first(doc: Document) -> Document {
         return doc;
     }
     let mut doc = doc;
-    let id = doc.remove("_id").unwrap_or_else(|| Bson::ObjectId(ObjectId::new()));
+    let id = doc
+        .remove("_id")
+        .unwrap_or_else(|| Bson::ObjectId(ObjectId::new()));
     let mut out = Document::new();
     out.insert("_id", id);
     out.extend(doc);
@@ -193,7 +195,11 @@ struct UpdateOutcome {
     after: Option<Document>,
 }
 
-fn run_update(ctx: &mut WriteCtx<'_>, ns: &Namespace, plan: &UpdatePlan) -> CommandResult<UpdateOutcome> {
+fn run_update(
+    ctx: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    plan: &UpdatePlan,
+) -> CommandResult<UpdateOutcome> {
     let mut outcome = UpdateOutcome::default();
     let existing = ctx.collection(ns)?;
     let targets = match &existing {
@@ -288,12 +294,12 @@ pub(super) async fn update(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Doc
 }
 
 fn parse_update_statement(statement: &Document) -> CommandResult<UpdatePlan> {
-    let query = opt_document(statement, "q")?
-        .cloned()
-        .ok_or_else(|| CommandError::failed_to_parse("BSON field 'q' is missing but a required field"))?;
-    let update = statement
-        .get("u")
-        .ok_or_else(|| CommandError::failed_to_parse("BSON field 'u' is missing but a required field"))?;
+    let query = opt_document(statement, "q")?.cloned().ok_or_else(|| {
+        CommandError::failed_to_parse("BSON field 'q' is missing but a required field")
+    })?;
+    let update = statement.get("u").ok_or_else(|| {
+        CommandError::failed_to_parse("BSON field 'u' is missing but a required field")
+    })?;
     UpdatePlan::parse(
         query,
         update,
@@ -327,8 +333,9 @@ pub(super) async fn delete(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Doc
 }
 
 fn run_delete(ctx: &mut WriteCtx<'_>, ns: &Namespace, statement: &Document) -> CommandResult<i64> {
-    let query = opt_document(statement, "q")?
-        .ok_or_else(|| CommandError::failed_to_parse("BSON field 'q' is missing but a required field"))?;
+    let query = opt_document(statement, "q")?.ok_or_else(|| {
+        CommandError::failed_to_parse("BSON field 'q' is missing but a required field")
+    })?;
     let filter = Filter::parse(query)?;
     let limit = match super::opt_i64(statement, "limit")? {
         Some(0) => None,
@@ -361,12 +368,19 @@ pub(super) async fn find_and_modify(db: &Arc<Db>, req: &Request<'_>) -> CommandR
     let ns = req.namespace()?;
     let body = &req.body;
     let query = opt_document(body, "query")?.cloned().unwrap_or_default();
-    let sort = opt_document(body, "sort")?.map(SortSpec::parse).transpose()?;
-    let fields = opt_document(body, "fields")?.map(Projection::parse).transpose()?;
+    let sort = opt_document(body, "sort")?
+        .map(SortSpec::parse)
+        .transpose()?;
+    let fields = opt_document(body, "fields")?
+        .map(Projection::parse)
+        .transpose()?;
     let remove = opt_bool(body, "remove")?.unwrap_or(false);
     let return_new = opt_bool(body, "new")?.unwrap_or(false);
     let upsert = opt_bool(body, "upsert")?.unwrap_or(false);
-    let update = body.get("update").filter(|u| !matches!(u, Bson::Null)).cloned();
+    let update = body
+        .get("update")
+        .filter(|u| !matches!(u, Bson::Null))
+        .cloned();
     let plan = match (remove, update) {
         (true, Some(_)) => {
             return Err(CommandError::failed_to_parse(
@@ -418,7 +432,11 @@ pub(super) async fn find_and_modify(db: &Arc<Db>, req: &Request<'_>) -> CommandR
                         "n": i32::from(outcome.matched > 0 || outcome.upserted.is_some()),
                         "updatedExisting": outcome.matched > 0,
                     };
-                    let value = if return_new { outcome.after } else { outcome.before };
+                    let value = if return_new {
+                        outcome.after
+                    } else {
+                        outcome.before
+                    };
                     if let Some(id) = outcome.upserted {
                         last_error.insert("upserted", id);
                     }
@@ -438,6 +456,7 @@ pub(super) async fn find_and_modify(db: &Arc<Db>, req: &Request<'_>) -> CommandR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     #[test]
     fn id_moves_first_or_is_generated() {
@@ -455,8 +474,14 @@ mod tests {
         let failed: CommandResult<()> = Err(CommandError::new(ErrorCode::DuplicateKey, "dup"));
         assert!(errors.record(3, failed).is_none());
         let reply = errors.into_reply(doc! { "n": 0 });
-        let first = reply.get_array("writeErrors").ok().and_then(|a| a.first()).cloned();
-        let first = first.and_then(|b| b.as_document().cloned()).unwrap_or_default();
+        let first = reply
+            .get_array("writeErrors")
+            .ok()
+            .and_then(|a| a.first())
+            .cloned();
+        let first = first
+            .and_then(|b| b.as_document().cloned())
+            .unwrap_or_default();
         assert_eq!(first.get_i32("index").ok(), Some(3));
         assert_eq!(first.get_i32("code").ok(), Some(11000));
     }

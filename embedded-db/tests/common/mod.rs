@@ -43,7 +43,11 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
     configure(&mut config);
     let server = Server::start(config).await.expect("server starts");
     let client = client(&server.uri()).await;
-    TestServer { server, dir, client }
+    TestServer {
+        server,
+        dir,
+        client,
+    }
 }
 
 /// A driver client for `uri`, failing fast when the server is not there.

@@ -1,0 +1,802 @@
+//! Aggregation pipelines over in-memory documents: `$match`, `$project`,
+//! `$addFields`/`$set`, `$unset`, `$sort`, `$limit`, `$skip`, `$group`,
+//! `$count`, `$unwind`, `$replaceRoot`/`$replaceWith`.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use bson::{Bson, Document};
+
+use super::compare::{compare, type_name, values_equal};
+use super::expr::Expr;
+use super::filter::Filter;
+use super::num::{as_integral, Num};
+use super::path::{self, split_first};
+use super::projection::{Projection, ProjectionKind};
+use super::sort::SortSpec;
+use crate::error::{CommandError, CommandResult, ErrorCode};
+
+/// A parsed pipeline; stages run in order over the whole input.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pipeline {
+    stages: Vec<(String, Stage)>,
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    Match(Filter),
+    Project(Projection),
+    AddFields(Vec<(String, Expr)>),
+    Sort(SortSpec),
+    Limit(usize),
+    Skip(usize),
+    Group(Box<Group>),
+    Count(String),
+    Unwind(Unwind),
+    ReplaceRoot(Expr),
+}
+
+/// MongoDB stages this server knows of but does not run.
+const UNSUPPORTED: [&str; 14] = [
+    "$lookup",
+    "$graphLookup",
+    "$facet",
+    "$bucket",
+    "$bucketAuto",
+    "$sample",
+    "$out",
+    "$merge",
+    "$geoNear",
+    "$sortByCount",
+    "$unionWith",
+    "$setWindowFields",
+    "$densify",
+    "$fill",
+];
+
+impl Pipeline {
+    /// Parses the stages. An unknown stage is `Location40324` ("Unrecognized
+    /// pipeline stage name: '$foo'"); known but unsupported stages (and
+    /// `$changeStream`, which the server handles itself) are `NotImplemented`.
+    pub(crate) fn parse(stages: &[Bson]) -> CommandResult<Pipeline> {
+        let stages = stages
+            .iter()
+            .map(|s| {
+                let Bson::Document(d) = s else {
+                    return Err(CommandError::type_mismatch(
+                        "Each element of the 'pipeline' array must be an object",
+                    ));
+                };
+                let (name, arg) =
+                    match d.iter().next() {
+                        Some(entry) if d.len() == 1 => entry,
+                        _ => return Err(CommandError::bad_value(
+                            "A pipeline stage specification object must contain exactly one field.",
+                        )),
+                    };
+                Ok((name.clone(), parse_stage(name, arg)?))
+            })
+            .collect::<CommandResult<_>>()?;
+        Ok(Pipeline { stages })
+    }
+
+    /// Runs the pipeline; expression errors (e.g. `$divide` by zero) fail the whole run.
+    pub(crate) fn run(&self, input: Vec<Document>) -> CommandResult<Vec<Document>> {
+        self.stages
+            .iter()
+            .try_fold(input, |docs, (_, stage)| stage.run(docs))
+    }
+}
+
+fn parse_stage(name: &str, arg: &Bson) -> CommandResult<Stage> {
+    let object = |what: &str| match arg {
+        Bson::Document(d) => Ok(d),
+        _ => Err(CommandError::bad_value(format!(
+            "{what} specification must be an object"
+        ))),
+    };
+    Ok(match name {
+        "$match" => Stage::Match(Filter::parse(object("$match")?)?),
+        "$project" => Stage::Project(Projection::parse_kind(object("$project")?, ProjectionKind::Aggregate)?),
+        "$addFields" | "$set" => {
+            let mut fields = Vec::new();
+            flatten_fields(object(name)?, "", &mut fields)?;
+            Stage::AddFields(fields)
+        }
+        "$unset" => {
+            let names = match arg {
+                Bson::String(s) => vec![s.clone()],
+                Bson::Array(items) if !items.is_empty() => items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if names.is_empty() {
+                return Err(CommandError::bad_value("$unset specification must be a string or an array of strings"));
+            }
+            let spec: Document = names.into_iter().map(|n| (n, Bson::Int32(0))).collect();
+            Stage::Project(Projection::parse_kind(&spec, ProjectionKind::Aggregate)?)
+        }
+        "$sort" => {
+            let spec = SortSpec::parse(object("$sort")?)?;
+            if spec.is_empty() {
+                return Err(CommandError::bad_value("$sort stage must have at least one sort key"));
+            }
+            Stage::Sort(spec)
+        }
+        "$limit" => match as_integral(arg) {
+            Some(n) if n > 0 => Stage::Limit(usize::try_from(n).unwrap_or(usize::MAX)),
+            Some(_) => return Err(CommandError::bad_value("the limit must be positive")),
+            None => return Err(CommandError::bad_value("the limit must be specified as a number")),
+        },
+        "$skip" => match as_integral(arg) {
+            Some(n) if n >= 0 => Stage::Skip(usize::try_from(n).unwrap_or(usize::MAX)),
+            _ => {
+                return Err(CommandError::bad_value(format!(
+                    "invalid argument to $skip stage: Expected a non-negative number in: $skip: {arg}"
+                )))
+            }
+        },
+        "$group" => Stage::Group(Box::new(Group::parse(arg)?)),
+        "$count" => match arg {
+            Bson::String(s) if !s.is_empty() && !s.starts_with('$') && !s.contains('.') => Stage::Count(s.clone()),
+            _ => {
+                return Err(CommandError::bad_value(
+                    "the count field must be a non-empty string that does not start with '$' or contain '.'",
+                ))
+            }
+        },
+        "$unwind" => Stage::Unwind(Unwind::parse(arg)?),
+        "$replaceRoot" => match object("$replaceRoot")?.get("newRoot") {
+            Some(root) => Stage::ReplaceRoot(Expr::parse(root)?),
+            None => return Err(CommandError::bad_value("no newRoot specified for the $replaceRoot stage")),
+        },
+        "$replaceWith" => Stage::ReplaceRoot(Expr::parse(arg)?),
+        _ if UNSUPPORTED.contains(&name) || name == "$changeStream" => {
+            return Err(CommandError::new(
+                ErrorCode::NotImplemented,
+                format!("the {name} stage is not supported here"),
+            ))
+        }
+        _ => {
+            return Err(CommandError::new(
+                ErrorCode::UnrecognizedPipelineStage,
+                format!("Unrecognized pipeline stage name: '{name}'"),
+            ))
+        }
+    })
+}
+
+/// `$addFields` entries; sub-documents without operators merge into
+/// embedded documents, so they are flattened into dotted paths.
+fn flatten_fields(
+    spec: &Document,
+    prefix: &str,
+    out: &mut Vec<(String, Expr)>,
+) -> CommandResult<()> {
+    for (k, v) in spec {
+        if k.is_empty() || k.starts_with('$') || k.split('.').any(str::is_empty) {
+            return Err(CommandError::bad_value(format!(
+                "Invalid $addFields field name '{k}'"
+            )));
+        }
+        let full = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Bson::Document(d) if !d.is_empty() && !super::filter::is_operator_doc(v) => {
+                flatten_fields(d, &full, out)?
+            }
+            _ => out.push((full, Expr::parse(v)?)),
+        }
+    }
+    Ok(())
+}
+
+/// Sets (or with `None`, removes) `p` as `$addFields` does: through arrays
+/// every element gets the field, and non-documents on the way become documents.
+fn add_field(doc: &mut Document, p: &str, v: Option<&Bson>) {
+    let (head, rest) = split_first(p);
+    let Some(rest) = rest else {
+        match v {
+            Some(v) => doc.insert(head, v.clone()),
+            None => doc.remove(head),
+        };
+        return;
+    };
+    match doc.get_mut(head) {
+        Some(Bson::Document(sub)) => add_field(sub, rest, v),
+        Some(Bson::Array(items)) => items
+            .iter_mut()
+            .for_each(|item| add_to_value(item, rest, v)),
+        _ if v.is_none() => {}
+        _ => {
+            let mut sub = Document::new();
+            add_field(&mut sub, rest, v);
+            doc.insert(head, sub);
+        }
+    }
+}
+
+fn add_to_value(item: &mut Bson, p: &str, v: Option<&Bson>) {
+    match item {
+        Bson::Document(sub) => add_field(sub, p, v),
+        Bson::Array(items) => items.iter_mut().for_each(|i| add_to_value(i, p, v)),
+        other => {
+            let mut sub = Document::new();
+            add_field(&mut sub, p, v);
+            *other = Bson::Document(sub);
+        }
+    }
+}
+
+impl Stage {
+    fn run(&self, mut docs: Vec<Document>) -> CommandResult<Vec<Document>> {
+        match self {
+            Stage::Match(f) => docs.retain(|d| f.matches(d)),
+            Stage::Project(p) => return docs.iter().map(|d| p.apply(d)).collect(),
+            Stage::AddFields(fields) => {
+                for d in &mut docs {
+                    let values = fields
+                        .iter()
+                        .map(|(_, e)| e.eval(d))
+                        .collect::<CommandResult<Vec<_>>>()?;
+                    for ((p, _), v) in fields.iter().zip(values) {
+                        add_field(d, p, v.as_ref());
+                    }
+                }
+            }
+            Stage::Sort(spec) => spec.sort(&mut docs),
+            Stage::Limit(n) => docs.truncate(*n),
+            Stage::Skip(n) => {
+                docs.drain(..docs.len().min(*n));
+            }
+            Stage::Group(g) => return g.run(&docs),
+            Stage::Count(name) => {
+                if docs.is_empty() {
+                    return Ok(docs);
+                }
+                let n = i32::try_from(docs.len()).map_or_else(
+                    |_| Bson::Int64(i64::try_from(docs.len()).unwrap_or(i64::MAX)),
+                    Bson::Int32,
+                );
+                let mut out = Document::new();
+                out.insert(name.clone(), n);
+                return Ok(vec![out]);
+            }
+            Stage::Unwind(u) => {
+                let mut out = Vec::with_capacity(docs.len());
+                for d in docs {
+                    u.run(d, &mut out)?;
+                }
+                return Ok(out);
+            }
+            Stage::ReplaceRoot(e) => {
+                return docs
+                    .iter()
+                    .map(|d| match e.eval(d)? {
+                        Some(Bson::Document(root)) => Ok(root),
+                        v => Err(CommandError::bad_value(format!(
+                            "'newRoot' expression must evaluate to an object, but resulting value was: {}. Type of resulting value: '{}'.",
+                            v.as_ref().map_or_else(|| "MISSING".to_owned(), ToString::to_string),
+                            v.as_ref().map_or("missing", type_name)
+                        ))),
+                    })
+                    .collect();
+            }
+        }
+        Ok(docs)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Unwind {
+    path: String,
+    index: Option<String>,
+    preserve: bool,
+}
+
+impl Unwind {
+    fn parse(arg: &Bson) -> CommandResult<Unwind> {
+        let (path, index, preserve) = match arg {
+            Bson::String(p) => (p.as_str(), None, false),
+            Bson::Document(d) => {
+                if let Some(k) = d.keys().find(|k| {
+                    !matches!(
+                        k.as_str(),
+                        "path" | "includeArrayIndex" | "preserveNullAndEmptyArrays"
+                    )
+                }) {
+                    return Err(CommandError::bad_value(format!(
+                        "unrecognized option to $unwind stage: {k}"
+                    )));
+                }
+                let Ok(p) = d.get_str("path") else {
+                    return Err(CommandError::bad_value(
+                        "no path specified to $unwind stage",
+                    ));
+                };
+                let index = match d.get("includeArrayIndex") {
+                    None => None,
+                    Some(Bson::String(i)) if !i.is_empty() && !i.starts_with('$') => Some(i.clone()),
+                    Some(_) => {
+                        return Err(CommandError::bad_value(
+                            "includeArrayIndex option to $unwind stage must be a non-empty string not starting with '$'",
+                        ))
+                    }
+                };
+                let preserve = match d.get("preserveNullAndEmptyArrays") {
+                    None => false,
+                    Some(Bson::Boolean(b)) => *b,
+                    Some(_) => {
+                        return Err(CommandError::bad_value(
+                            "expected a boolean for the preserveNullAndEmptyArrays option to $unwind stage",
+                        ))
+                    }
+                };
+                (p, index, preserve)
+            }
+            _ => {
+                return Err(CommandError::bad_value(
+                    "expected either a string or an object as specification for $unwind stage",
+                ))
+            }
+        };
+        match path.strip_prefix('$') {
+            Some(p)
+                if !p.is_empty() && !p.split('.').any(|c| c.is_empty() || c.starts_with('$')) =>
+            {
+                Ok(Unwind {
+                    path: p.to_owned(),
+                    index,
+                    preserve,
+                })
+            }
+            _ => Err(CommandError::bad_value(format!(
+                "path option to $unwind stage should be prefixed with a '$': {path}"
+            ))),
+        }
+    }
+
+    fn run(&self, doc: Document, out: &mut Vec<Document>) -> CommandResult<()> {
+        let with_index = |mut d: Document, i: Bson| -> CommandResult<Document> {
+            if let Some(name) = &self.index {
+                path::set(&mut d, name, i)?;
+            }
+            Ok(d)
+        };
+        match path::get(&doc, &self.path) {
+            Some(Bson::Array(items)) if !items.is_empty() => {
+                for (i, item) in items.iter().enumerate() {
+                    let mut d = doc.clone();
+                    path::set(&mut d, &self.path, item.clone())?;
+                    out.push(with_index(
+                        d,
+                        Bson::Int64(i64::try_from(i).unwrap_or(i64::MAX)),
+                    )?);
+                }
+            }
+            Some(Bson::Array(_)) if self.preserve => {
+                let mut d = doc;
+                path::remove(&mut d, &self.path);
+                out.push(with_index(d, Bson::Null)?);
+            }
+            None | Some(Bson::Null | Bson::Undefined) if self.preserve => {
+                out.push(with_index(doc, Bson::Null)?)
+            }
+            None | Some(Bson::Array(_) | Bson::Null | Bson::Undefined) => {}
+            Some(_) => out.push(with_index(doc, Bson::Null)?),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    id: Expr,
+    fields: Vec<(String, Acc, Expr)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Acc {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    First,
+    Last,
+    Push,
+    AddToSet,
+    Count,
+}
+
+/// Running state of one accumulator in one group.
+#[derive(Debug)]
+enum State {
+    Sum(Num),
+    Avg(Num, u64),
+    /// The best value so far; `Ordering::Less` keeps the minimum.
+    Best(Ordering, Option<Bson>),
+    First(Option<Bson>),
+    Last(Bson),
+    Push(Vec<Bson>),
+    Set(Vec<Bson>),
+    Count(i64),
+}
+
+/// A group key ordered (and so merged) by BSON comparison: `1` and `1.0` are one group.
+#[derive(Debug)]
+struct GroupKey(Bson);
+
+impl PartialEq for GroupKey {
+    fn eq(&self, other: &Self) -> bool {
+        values_equal(&self.0, &other.0)
+    }
+}
+
+impl Eq for GroupKey {}
+
+impl PartialOrd for GroupKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for GroupKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare(&self.0, &other.0)
+    }
+}
+
+impl Group {
+    fn parse(arg: &Bson) -> CommandResult<Group> {
+        let spec_error = |msg: String| CommandError::new(ErrorCode::GroupSpecification, msg);
+        let Bson::Document(spec) = arg else {
+            return Err(spec_error(
+                "a group's fields must be specified in an object".to_owned(),
+            ));
+        };
+        let id =
+            Expr::parse(spec.get("_id").ok_or_else(|| {
+                spec_error("a group specification must include an _id".to_owned())
+            })?)?;
+        let mut fields = Vec::new();
+        for (k, v) in spec.iter().filter(|(k, _)| *k != "_id") {
+            if k.contains('.') || k.starts_with('$') {
+                return Err(spec_error(format!("the group aggregate field name '{k}' cannot be an operator name or contain '.'")));
+            }
+            let (name, arg) = match v {
+                Bson::Document(d) if d.len() == 1 => {
+                    d.iter().next().ok_or_else(|| spec_error(String::new()))?
+                }
+                _ => {
+                    return Err(spec_error(format!(
+                        "The field '{k}' must be an accumulator object"
+                    )))
+                }
+            };
+            let acc = match name.as_str() {
+                "$sum" => Acc::Sum,
+                "$avg" => Acc::Avg,
+                "$min" => Acc::Min,
+                "$max" => Acc::Max,
+                "$first" => Acc::First,
+                "$last" => Acc::Last,
+                "$push" => Acc::Push,
+                "$addToSet" => Acc::AddToSet,
+                "$count" => Acc::Count,
+                _ => {
+                    return Err(CommandError::new(
+                        ErrorCode::UnknownGroupOperator,
+                        format!("unknown group operator '{name}'"),
+                    ))
+                }
+            };
+            if matches!(acc, Acc::Count) && !matches!(arg, Bson::Document(d) if d.is_empty()) {
+                return Err(spec_error(
+                    "$count takes no arguments, i.e. $count:{}".to_owned(),
+                ));
+            }
+            if matches!(arg, Bson::Array(_)) {
+                return Err(spec_error(format!(
+                    "The {name} accumulator is a unary operator"
+                )));
+            }
+            fields.push((k.clone(), acc, Expr::parse(arg)?));
+        }
+        Ok(Group { id, fields })
+    }
+
+    fn run(&self, docs: &[Document]) -> CommandResult<Vec<Document>> {
+        let mut index: BTreeMap<GroupKey, usize> = BTreeMap::new();
+        let mut groups: Vec<(Bson, Vec<State>)> = Vec::new();
+        for d in docs {
+            let key = self.id.eval(d)?.unwrap_or(Bson::Null);
+            let slot = match index.get(&GroupKey(key.clone())) {
+                Some(&i) => i,
+                None => {
+                    let states = self
+                        .fields
+                        .iter()
+                        .map(|(_, acc, _)| State::new(*acc))
+                        .collect();
+                    groups.push((key.clone(), states));
+                    index.insert(GroupKey(key), groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            let Some((_, states)) = groups.get_mut(slot) else {
+                continue;
+            };
+            for ((_, _, e), state) in self.fields.iter().zip(states.iter_mut()) {
+                state.add(if matches!(state, State::Count(_)) {
+                    None
+                } else {
+                    e.eval(d)?
+                });
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(key, states)| {
+                let mut out = Document::new();
+                out.insert("_id", key);
+                for ((name, _, _), state) in self.fields.iter().zip(states) {
+                    out.insert(name.clone(), state.finish());
+                }
+                out
+            })
+            .collect())
+    }
+}
+
+impl State {
+    fn new(acc: Acc) -> State {
+        match acc {
+            Acc::Sum => State::Sum(Num::Int(0)),
+            Acc::Avg => State::Avg(Num::Int(0), 0),
+            Acc::Min => State::Best(Ordering::Less, None),
+            Acc::Max => State::Best(Ordering::Greater, None),
+            Acc::First => State::First(None),
+            Acc::Last => State::Last(Bson::Null),
+            Acc::Push => State::Push(Vec::new()),
+            Acc::AddToSet => State::Set(Vec::new()),
+            Acc::Count => State::Count(0),
+        }
+    }
+
+    fn add(&mut self, v: Option<Bson>) {
+        let num = v.as_ref().and_then(Num::from_bson);
+        match self {
+            State::Sum(s) => *s = num.map_or(*s, |n| s.add(n)),
+            State::Avg(s, c) => {
+                if let Some(n) = num {
+                    *s = s.add(n);
+                    *c += 1;
+                }
+            }
+            State::Best(want, best) => {
+                let Some(v) = v.filter(|v| !matches!(v, Bson::Null | Bson::Undefined)) else {
+                    return;
+                };
+                if best.as_ref().is_none_or(|b| compare(&v, b) == *want) {
+                    *best = Some(v);
+                }
+            }
+            State::Push(items) => items.extend(v),
+            State::Set(items) => {
+                if let Some(v) = v.filter(|v| !items.iter().any(|i| values_equal(i, v))) {
+                    items.push(v);
+                }
+            }
+            State::First(f) => {
+                if f.is_none() {
+                    *f = Some(v.unwrap_or(Bson::Null));
+                }
+            }
+            State::Last(l) => *l = v.unwrap_or(Bson::Null),
+            State::Count(c) => *c += 1,
+        }
+    }
+
+    fn finish(self) -> Bson {
+        match self {
+            State::Sum(s) => s.to_bson(),
+            State::Avg(_, 0) => Bson::Null,
+            #[allow(clippy::cast_precision_loss)]
+            State::Avg(s, c) => match s {
+                Num::Decimal(d) => Num::Decimal(d / c as f64).to_bson(),
+                other => Bson::Double(other.to_f64() / c as f64),
+            },
+            State::Best(_, b) => b.unwrap_or(Bson::Null),
+            State::First(f) => f.unwrap_or(Bson::Null),
+            State::Last(l) => l,
+            State::Push(items) | State::Set(items) => Bson::Array(items),
+            State::Count(c) => i32::try_from(c).map_or(Bson::Int64(c), Bson::Int32),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{bson, doc};
+
+    fn run(stages: Bson, input: Vec<Document>) -> CommandResult<Vec<Document>> {
+        let Bson::Array(stages) = stages else {
+            panic!("stages must be an array")
+        };
+        Pipeline::parse(&stages)?.run(input)
+    }
+
+    fn sales() -> Vec<Document> {
+        vec![
+            doc! { "_id": 1, "item": "a", "qty": 2, "price": 10, "tags": ["x", "y"] },
+            doc! { "_id": 2, "item": "b", "qty": 1, "price": 20, "tags": [] },
+            doc! { "_id": 3, "item": "a", "qty": 5, "price": 10.5 },
+            doc! { "_id": 4, "item": "c", "qty": 1, "price": 5, "tags": null },
+        ]
+    }
+
+    #[test]
+    fn count_documents_pipeline_of_the_drivers() {
+        let p = bson!([{ "$match": { "qty": { "$gte": 1 } } }, { "$skip": 1 }, { "$limit": 2 }, { "$group": { "_id": 1, "n": { "$sum": 1 } } }]);
+        assert_eq!(run(p, sales()).unwrap(), vec![doc! { "_id": 1, "n": 2 }]);
+        let p =
+            bson!([{ "$match": { "qty": 99 } }, { "$group": { "_id": 1, "n": { "$sum": 1 } } }]);
+        assert!(run(p, sales()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn group_accumulators() {
+        let p = bson!([
+            { "$group": {
+                "_id": "$item",
+                "total": { "$sum": { "$multiply": ["$qty", "$price"] } },
+                "avg": { "$avg": "$qty" },
+                "min": { "$min": "$price" },
+                "max": { "$max": "$price" },
+                "first": { "$first": "$qty" },
+                "last": { "$last": "$qty" },
+                "qtys": { "$push": "$qty" },
+                "prices": { "$addToSet": "$price" },
+                "n": { "$count": {} },
+            } },
+            { "$sort": { "_id": 1 } }
+        ]);
+        let out = run(p, sales()).unwrap();
+        assert_eq!(
+            out[0],
+            doc! { "_id": "a", "total": 72.5, "avg": 3.5, "min": 10, "max": 10.5, "first": 2, "last": 5,
+            "qtys": [2, 5], "prices": [10, 10.5], "n": 2 }
+        );
+        assert_eq!(out.len(), 3);
+        let p = bson!([{ "$group": { "_id": null, "s": { "$sum": "$qty" }, "a": { "$avg": "$none" } } }]);
+        assert_eq!(
+            run(p, sales()).unwrap(),
+            vec![doc! { "_id": null, "s": 9, "a": null }]
+        );
+        let p = bson!([{ "$group": { "_id": { "i": "$item" }, "c": { "$sum": 1 } } }, { "$match": { "_id.i": "a" } }]);
+        assert_eq!(
+            run(p, sales()).unwrap(),
+            vec![doc! { "_id": { "i": "a" }, "c": 2 }]
+        );
+    }
+
+    #[test]
+    fn group_errors() {
+        let e = |g: Bson| run(bson!([{ "$group": g }]), vec![]).unwrap_err().code;
+        assert_eq!(
+            e(bson!({ "n": { "$sum": 1 } })),
+            ErrorCode::GroupSpecification
+        );
+        assert_eq!(
+            e(bson!({ "_id": 1, "n": { "$foo": 1 } })),
+            ErrorCode::UnknownGroupOperator
+        );
+        assert_eq!(
+            e(bson!({ "_id": 1, "n": 5 })),
+            ErrorCode::GroupSpecification
+        );
+    }
+
+    #[test]
+    fn project_add_fields_unset_replace() {
+        let d = vec![
+            doc! { "_id": 1, "a": { "b": 1, "c": 2 }, "x": 3, "arr": [{ "k": 1 }, { "k": 2 }] },
+        ];
+        let p = bson!([{ "$project": { "a.b": 1, "sum": { "$add": ["$x", 1] } } }]);
+        assert_eq!(
+            run(p, d.clone()).unwrap(),
+            vec![doc! { "_id": 1, "a": { "b": 1 }, "sum": 4 }]
+        );
+        let p = bson!([{ "$addFields": { "a": { "d": "$x" }, "y": "$$REMOVE", "x": { "$literal": 0 } } }, { "$set": { "arr.z": 9 } }]);
+        assert_eq!(
+            run(p, d.clone()).unwrap(),
+            vec![
+                doc! { "_id": 1, "a": { "b": 1, "c": 2, "d": 3 }, "x": 0, "arr": [{ "k": 1, "z": 9 }, { "k": 2, "z": 9 }] }
+            ]
+        );
+        let p = bson!([{ "$unset": ["a", "arr"] }]);
+        assert_eq!(run(p, d.clone()).unwrap(), vec![doc! { "_id": 1, "x": 3 }]);
+        let p = bson!([{ "$replaceRoot": { "newRoot": "$a" } }]);
+        assert_eq!(run(p, d.clone()).unwrap(), vec![doc! { "b": 1, "c": 2 }]);
+        let p = bson!([{ "$replaceWith": "$x" }]);
+        assert_eq!(run(p, d).unwrap_err().code, ErrorCode::BadValue);
+    }
+
+    #[test]
+    fn unwind_count_sort_skip_limit() {
+        let p = bson!([{ "$unwind": "$tags" }]);
+        let out = run(p, sales()).unwrap();
+        assert_eq!(
+            out.iter()
+                .map(|d| d.get_str("tags").unwrap())
+                .collect::<Vec<_>>(),
+            vec!["x", "y"]
+        );
+        let p = bson!([{ "$unwind": { "path": "$tags", "includeArrayIndex": "i", "preserveNullAndEmptyArrays": true } }]);
+        let out = run(p, sales()).unwrap();
+        assert_eq!(out.len(), 5);
+        assert_eq!(
+            out[1],
+            doc! { "_id": 1, "item": "a", "qty": 2, "price": 10, "tags": "y", "i": 1i64 }
+        );
+        assert_eq!(
+            out[2],
+            doc! { "_id": 2, "item": "b", "qty": 1, "price": 20, "i": null }
+        );
+        assert_eq!(out[4].get("tags"), Some(&Bson::Null));
+        let p = bson!([{ "$sort": { "qty": -1, "_id": 1 } }, { "$skip": 1 }, { "$limit": 2 }, { "$project": { "_id": 1 } }]);
+        assert_eq!(
+            run(p, sales()).unwrap(),
+            vec![doc! { "_id": 1 }, doc! { "_id": 2 }]
+        );
+        assert_eq!(
+            run(bson!([{ "$count": "n" }]), sales()).unwrap(),
+            vec![doc! { "n": 4 }]
+        );
+        assert!(run(bson!([{ "$count": "n" }]), vec![]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stage_errors_and_names() {
+        let e = run(bson!([{ "$foo": {} }]), vec![]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnrecognizedPipelineStage);
+        assert_eq!(e.msg, "Unrecognized pipeline stage name: '$foo'");
+        assert_eq!(
+            run(bson!([{ "$lookup": {} }]), vec![]).unwrap_err().code,
+            ErrorCode::NotImplemented
+        );
+        assert_eq!(
+            run(bson!([{ "$limit": 0 }]), vec![]).unwrap_err().code,
+            ErrorCode::BadValue
+        );
+        assert_eq!(
+            run(bson!([{ "$skip": -1 }]), vec![]).unwrap_err().code,
+            ErrorCode::BadValue
+        );
+        assert_eq!(
+            run(bson!([{ "$unwind": "tags" }]), vec![])
+                .unwrap_err()
+                .code,
+            ErrorCode::BadValue
+        );
+        assert_eq!(
+            run(bson!([{ "$match": {}, "$limit": 1 }]), vec![])
+                .unwrap_err()
+                .code,
+            ErrorCode::BadValue
+        );
+        assert_eq!(
+            run(bson!([{ "$project": { "a": { "$bogus": 1 } } }]), vec![])
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidPipelineOperator
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! The `embedded-db` binary's start-up: clear one-line errors and a non-zero exit.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_embedded-db"))
+        .args(args)
+        .output()
+        .expect("run embedded-db");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// An address in use stops start-up with one line naming `EMBEDDED_DB_ADDR`.
+#[test]
+fn address_in_use_fails_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_str().expect("utf-8 path");
+    let (ok, stderr) = run(&["--addr", &addr, "--path", path]);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("EMBEDDED_DB_ADDR") && stderr.contains(&addr),
+        "{stderr}"
+    );
+}
+
+/// A data path that cannot be created stops start-up with one line naming `EMBEDDED_DB_PATH`.
+#[test]
+fn unusable_path_fails_clearly() {
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let path = file.path().join("db");
+    let (ok, stderr) = run(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--path",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("EMBEDDED_DB_PATH"), "{stderr}");
+}
+
+/// An unparsable address is refused by the argument parser, naming the flag.
+#[test]
+fn bad_address_is_refused() {
+    let (ok, stderr) = run(&["--addr", "not-an-address"]);
+    assert!(!ok);
+    assert!(stderr.contains("--addr"), "{stderr}");
+}

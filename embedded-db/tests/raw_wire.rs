@@ -1,0 +1,215 @@
+//! Raw bytes on the wire: malformed input closes only the offending
+//! connection, and the protocol details drivers rely on hold.
+
+mod common;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const OP_REPLY: i32 = 1;
+const OP_QUERY: i32 = 2004;
+const OP_MSG: i32 = 2013;
+
+fn frame(request_id: i32, op_code: i32, body: &[u8]) -> Vec<u8> {
+    let len = i32::try_from(16 + body.len()).expect("small");
+    let mut out = Vec::new();
+    for v in [len, request_id, 0, op_code] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn op_msg(request_id: i32, flags: u32, command: &Document) -> Vec<u8> {
+    let mut body = flags.to_le_bytes().to_vec();
+    body.push(0);
+    command.to_writer(&mut body).expect("encode");
+    frame(request_id, OP_MSG, &body)
+}
+
+fn op_query(request_id: i32, collection: &str, query: &Document) -> Vec<u8> {
+    let mut body = 0i32.to_le_bytes().to_vec();
+    body.extend_from_slice(collection.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0i32.to_le_bytes());
+    body.extend_from_slice(&(-1i32).to_le_bytes());
+    query.to_writer(&mut body).expect("encode");
+    frame(request_id, OP_QUERY, &body)
+}
+
+/// Reads one reply: (responseTo, opCode, document).
+async fn read_reply(stream: &mut TcpStream) -> (i32, i32, Document) {
+    let mut header = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header))
+        .await
+        .expect("reply in time")
+        .expect("header");
+    let field = |i: usize| i32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    let mut body = vec![0u8; usize::try_from(field(0)).expect("length") - 16];
+    stream.read_exact(&mut body).await.expect("body");
+    let doc_at = if field(12) == OP_REPLY { 20 } else { 5 };
+    let doc = Document::from_reader(&body[doc_at..]).expect("reply document");
+    (field(8), field(12), doc)
+}
+
+/// After a bad frame the server closes that connection (EOF), and only that one.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+        .await
+        .expect("server reacts in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "connection closed, got {read:?}"
+    );
+}
+
+async fn still_serves(server: &common::TestServer) {
+    let reply = server
+        .db()
+        .run_command(doc! { "ping": 1 })
+        .await
+        .expect("server still serves");
+    assert_eq!(reply.get_f64("ok"), Ok(1.0));
+}
+
+/// Garbage, an unknown opcode, an oversized length and a truncated frame each close their own
+/// connection; the server keeps serving others.
+#[tokio::test]
+async fn malformed_bytes_close_only_that_connection() {
+    let server = common::start().await;
+    let addr = server.server.local_addr();
+    let cases: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        frame(1, 2010, &[0; 8]),
+        i32::MAX.to_le_bytes().to_vec(),
+        frame(1, OP_MSG, &[0, 0, 0, 0, 0, 200, 0, 0, 0, 1, 2]),
+        frame(1, OP_MSG, &[0, 0, 0, 0, 7]),
+    ];
+    for bytes in cases {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(&bytes).await.expect("send");
+        assert_closed(&mut stream).await;
+        still_serves(&server).await;
+    }
+    // A frame cut short by the client closing its side.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let ping = op_msg(1, 0, &doc! { "ping": 1, "$db": "admin" });
+    stream
+        .write_all(&ping[..ping.len() / 2])
+        .await
+        .expect("send half");
+    drop(stream);
+    still_serves(&server).await;
+}
+
+/// Replies name the request in `responseTo`; `moreToCome` requests get no reply at all.
+#[tokio::test]
+async fn replies_follow_op_msg_rules() {
+    let server = common::start().await;
+    let mut stream = TcpStream::connect(server.server.local_addr())
+        .await
+        .expect("connect");
+    let insert = doc! { "insert": "quiet", "documents": [{ "_id": 1 }], "$db": "test" };
+    stream
+        .write_all(&op_msg(10, 1 << 1, &insert))
+        .await
+        .expect("send w:0 insert");
+    stream
+        .write_all(&op_msg(11, 0, &doc! { "ping": 1, "$db": "admin" }))
+        .await
+        .expect("send ping");
+    let (response_to, op_code, reply) = read_reply(&mut stream).await;
+    assert_eq!(
+        (response_to, op_code),
+        (11, OP_MSG),
+        "the first reply answers the ping"
+    );
+    assert_eq!(reply.get_f64("ok"), Ok(1.0));
+    let found = server
+        .db()
+        .collection::<Document>("quiet")
+        .find_one(doc! {})
+        .await
+        .expect("find");
+    assert_eq!(
+        found,
+        Some(doc! { "_id": 1 }),
+        "the unacknowledged insert was applied"
+    );
+
+    stream
+        .write_all(&op_msg(12, 0, &doc! { "ping": 1 }))
+        .await
+        .expect("send");
+    let (_, _, reply) = read_reply(&mut stream).await;
+    assert_eq!(
+        reply.get_i32("code"),
+        Ok(9),
+        "OP_MSG without $db is an error document"
+    );
+}
+
+/// The legacy OP_QUERY handshake is answered with OP_REPLY; other OP_QUERY commands get 352.
+#[tokio::test]
+async fn op_query_handshake_only() {
+    let server = common::start().await;
+    let mut stream = TcpStream::connect(server.server.local_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(&op_query(
+            7,
+            "admin.$cmd",
+            &doc! { "ismaster": 1, "helloOk": true },
+        ))
+        .await
+        .expect("send");
+    let (response_to, op_code, reply) = read_reply(&mut stream).await;
+    assert_eq!((response_to, op_code), (7, OP_REPLY));
+    assert_eq!(reply.get_bool("ismaster"), Ok(true));
+    assert_eq!(reply.get_bool("helloOk"), Ok(true));
+    stream
+        .write_all(&op_query(8, "test.$cmd", &doc! { "find": "c" }))
+        .await
+        .expect("send");
+    let (_, op_code, reply) = read_reply(&mut stream).await;
+    assert_eq!(op_code, OP_REPLY);
+    assert_eq!(reply.get_i32("code"), Ok(352));
+}
+
+/// A document over 16 MiB is refused with an error reply, not a dropped connection.
+#[tokio::test]
+async fn oversized_document_is_an_error() {
+    let server = common::start().await;
+    let big = "x".repeat(16 * 1024 * 1024 + 1);
+    let mut stream = TcpStream::connect(server.server.local_addr())
+        .await
+        .expect("connect");
+    let mut body = 0u32.to_le_bytes().to_vec();
+    body.push(0);
+    doc! { "insert": "big", "$db": "test" }
+        .to_writer(&mut body)
+        .expect("encode");
+    let mut docs = Vec::new();
+    doc! { "_id": 1, "s": big }
+        .to_writer(&mut docs)
+        .expect("encode");
+    body.push(1);
+    let size = i32::try_from(4 + "documents".len() + 1 + docs.len()).expect("size");
+    body.extend_from_slice(&size.to_le_bytes());
+    body.extend_from_slice(b"documents\0");
+    body.extend_from_slice(&docs);
+    stream
+        .write_all(&frame(3, OP_MSG, &body))
+        .await
+        .expect("send");
+    let (_, _, reply) = read_reply(&mut stream).await;
+    let errors = reply.get_array("writeErrors").expect("write error");
+    let first = errors[0].as_document().expect("document");
+    assert_eq!(first.get_i32("code"), Ok(10334));
+    still_serves(&server).await;
+}
