@@ -13,6 +13,11 @@ pub const MAX_MESSAGE_LEN: usize = 48_000_000;
 pub const MAX_BSON_OBJECT_SIZE: usize = 16 * 1024 * 1024;
 /// A command body may exceed a document's limit by this much (room for the command fields).
 const COMMAND_OVERHEAD: usize = 16 * 1024;
+/// Deepest nesting of documents and arrays accepted in a message (the command itself is the
+/// first level). Parsing, matching and encoding recurse on nesting, so this bound is what keeps
+/// a hostile document from exhausting a 2 MiB task stack, even in a debug build (measured: the
+/// BSON decoder alone needs about 20 KiB a level there). `mongod` allows 100 levels.
+pub const MAX_NESTING_DEPTH: usize = 64;
 
 const HEADER_LEN: usize = 16;
 const OP_REPLY: i32 = 1;
@@ -212,9 +217,39 @@ fn read_document(buf: &[u8], max_len: usize) -> Result<(Document, usize), Error>
             "document of {len} bytes exceeds {max_len}"
         )));
     }
+    check_depth(&buf[..len])?;
     let doc =
         Document::from_reader(&buf[..len]).map_err(|e| invalid(format!("malformed BSON: {e}")))?;
     Ok((doc, len))
+}
+
+/// Fails when documents and arrays nest deeper than [`MAX_NESTING_DEPTH`]; walks the raw
+/// bytes with an explicit stack, so the check itself cannot overflow.
+fn check_depth(bytes: &[u8]) -> Result<(), Error> {
+    let malformed = |e: bson::raw::Error| invalid(format!("malformed BSON: {e}"));
+    let mut stack = vec![(
+        bson::RawDocument::from_bytes(bytes).map_err(malformed)?,
+        1usize,
+    )];
+    while let Some((doc, depth)) = stack.pop() {
+        if depth > MAX_NESTING_DEPTH {
+            return Err(invalid(format!(
+                "document nesting exceeds {MAX_NESTING_DEPTH} levels"
+            )));
+        }
+        for element in doc {
+            let (_, value) = element.map_err(malformed)?;
+            let child = match value {
+                bson::RawBsonRef::Document(d) => d,
+                bson::RawBsonRef::Array(a) => {
+                    bson::RawDocument::from_bytes(a.as_bytes()).map_err(malformed)?
+                }
+                _ => continue,
+            };
+            stack.push((child, depth + 1));
+        }
+    }
+    Ok(())
 }
 
 /// Encodes an OP_MSG reply with one kind-0 section and no flags.
@@ -373,6 +408,37 @@ mod tests {
         let mut bad_op = op_msg(0, &kind0(&doc! { "ping": 1 }), &[]);
         bad_op[12..16].copy_from_slice(&2010i32.to_le_bytes());
         assert!(matches!(parse(&bad_op), Err(Error::Invalid(_))));
+    }
+
+    /// `{a: {a: … {leaf: 1}}}` nested `depth` levels deep, built without recursion.
+    fn nested_bytes(depth: usize) -> Vec<u8> {
+        let mut doc = Vec::new();
+        doc! { "leaf": 1 }.to_writer(&mut doc).expect("encodes");
+        for _ in 1..depth {
+            let len = i32::try_from(4 + 3 + doc.len() + 1).expect("small");
+            let mut outer = len.to_le_bytes().to_vec();
+            outer.extend_from_slice(&[0x03, b'a', 0]);
+            outer.extend_from_slice(&doc);
+            outer.push(0);
+            doc = outer;
+        }
+        doc
+    }
+
+    #[test]
+    fn deep_nesting_is_invalid() {
+        let deep = nested_bytes(MAX_NESTING_DEPTH + 1);
+        assert!(matches!(
+            read_document(&deep, MAX_MESSAGE_LEN),
+            Err(Error::Invalid(_))
+        ));
+        let limit = nested_bytes(MAX_NESTING_DEPTH);
+        assert!(read_document(&limit, MAX_MESSAGE_LEN).is_ok());
+        let hostile = nested_bytes(10_000);
+        assert!(matches!(
+            read_document(&hostile, MAX_MESSAGE_LEN),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]

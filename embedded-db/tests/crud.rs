@@ -600,3 +600,60 @@ async fn concurrent_writers_stay_consistent() {
         320
     );
 }
+
+/// Positional updates (`$`, `$[]`, `$[ident]` with `arrayFilters`) and positional projection.
+#[tokio::test]
+async fn positional_updates_and_projection() {
+    let server = common::start().await;
+    let coll = server.db().collection::<Document>("grades");
+    coll.insert_one(doc! { "_id": 1, "scores": [70, 85, 90], "items": [{ "k": "a", "n": 1 }, { "k": "b", "n": 2 }] })
+        .await
+        .expect("seed");
+    coll.update_one(
+        doc! { "_id": 1, "scores": 85 },
+        doc! { "$set": { "scores.$": 86 } },
+    )
+    .await
+    .expect("positional $");
+    coll.update_one(doc! { "_id": 1 }, doc! { "$inc": { "items.$[].n": 10 } })
+        .await
+        .expect("all positional");
+    coll.update_one(doc! { "_id": 1 }, doc! { "$set": { "scores.$[low]": 0 } })
+        .array_filters(vec![doc! { "low": { "$lt": 80 } }])
+        .await
+        .expect("filtered positional");
+    let doc = coll
+        .find_one(doc! { "_id": 1 })
+        .await
+        .expect("find")
+        .expect("present");
+    assert_eq!(
+        doc.get_array("scores"),
+        Ok(&vec![Bson::Int32(0), Bson::Int32(86), Bson::Int32(90)])
+    );
+    let ns: Vec<i32> = doc
+        .get_array("items")
+        .expect("items")
+        .iter()
+        .filter_map(|i| i.as_document().and_then(|d| d.get_i32("n").ok()))
+        .collect();
+    assert_eq!(ns, vec![11, 12]);
+    let err = coll
+        .update_one(
+            doc! { "_id": 1 },
+            doc! { "$set": { "scores.$[missing]": 1 } },
+        )
+        .await
+        .expect_err("identifier without arrayFilters");
+    assert!(common::code_of(&err).is_some());
+    let projected = coll
+        .find_one(doc! { "items.k": "b" })
+        .projection(doc! { "items.$": 1 })
+        .await
+        .expect("find")
+        .expect("present");
+    assert_eq!(
+        projected,
+        doc! { "_id": 1, "items": [{ "k": "b", "n": 12 }] }
+    );
+}

@@ -213,3 +213,43 @@ async fn oversized_document_is_an_error() {
     assert_eq!(first.get_i32("code"), Ok(10334));
     still_serves(&server).await;
 }
+
+/// `{a: {a: … {leaf: 1}}}` nested `depth` levels deep, built without recursion.
+fn nested(depth: usize) -> Document {
+    let mut doc = doc! { "leaf": 1 };
+    for _ in 1..depth {
+        doc = doc! { "a": doc };
+    }
+    doc
+}
+
+/// Documents nested as deep as the limit allows are stored, queried and returned; deeper ones
+/// close the connection (a hostile depth would otherwise exhaust the stack).
+#[tokio::test]
+async fn nesting_depth_is_bounded() {
+    let server = common::start().await;
+    let coll = server.db().collection::<Document>("deep");
+    // insert command (1) > documents array (2) > the document (3): 62 levels fit in 64.
+    let deep_ok = nested(62);
+    coll.insert_one(deep_ok.clone())
+        .await
+        .expect("insert at the limit");
+    let path = vec!["a"; 61].join(".") + ".leaf";
+    let found = coll
+        .find_one(doc! { path: 1 })
+        .projection(doc! { "_id": 0 })
+        .await
+        .expect("find");
+    assert_eq!(found, Some(deep_ok));
+
+    let mut stream = TcpStream::connect(server.server.local_addr())
+        .await
+        .expect("connect");
+    let insert = doc! { "insert": "deep", "documents": [nested(200)], "$db": "test" };
+    stream
+        .write_all(&op_msg(1, 0, &insert))
+        .await
+        .expect("send");
+    assert_closed(&mut stream).await;
+    still_serves(&server).await;
+}
