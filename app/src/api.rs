@@ -1,0 +1,42 @@
+//! Server functions: the lists as the page fetches them (SSR and refetches).
+
+use leptos::prelude::*;
+
+use crate::model::{Device, Snapshot, User};
+
+/// Every user, with the stream position the list was read at.
+#[server(prefix = "/_server", endpoint = "users")]
+#[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
+pub async fn get_users() -> Result<Snapshot<User>, ServerFnError> {
+    use self::ssr::*;
+    let snapshot = repo()?.users().await.map_err(internal)?;
+    Ok((*snapshot).clone())
+}
+
+/// Every lock device, with the stream position the list was read at.
+#[server(prefix = "/_server", endpoint = "lock_devices")]
+#[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
+pub async fn get_lock_devices() -> Result<Snapshot<Device>, ServerFnError> {
+    use self::ssr::*;
+    let snapshot = repo()?.lock_devices().await.map_err(internal)?;
+    Ok((*snapshot).clone())
+}
+
+/// Server-side helpers of the server functions.
+#[cfg(feature = "ssr")]
+pub mod ssr {
+    use leptos::prelude::*;
+
+    pub use crate::repo::Repo;
+
+    /// The cached reads, provided as context by the server.
+    pub fn repo() -> Result<Repo, ServerFnError> {
+        use_context::<Repo>().ok_or_else(|| ServerFnError::new("Repo missing from context"))
+    }
+
+    /// Logs a database failure and returns the generic error the client may see.
+    pub fn internal(err: mongodb::error::Error) -> ServerFnError {
+        tracing::error!(cause = %err, "database read failed");
+        ServerFnError::new("Internal server error")
+    }
+}

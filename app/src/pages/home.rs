@@ -1,0 +1,36 @@
+//! The home page: users and lock devices, kept live by the event stream.
+
+use leptos::prelude::*;
+
+use crate::api::{get_lock_devices, get_users};
+use crate::components::device_panel::DevicePanel;
+use crate::components::live_status::LiveStatus;
+use crate::components::user_card::UserCard;
+use crate::live::Live;
+
+/// Renders both lists on the server (blocking resources, so the first HTML holds them), then
+/// refetches them whenever the live version changes.
+#[component]
+pub fn HomePage() -> impl IntoView {
+    let live = Live::provide();
+    let users = Resource::new_blocking(move || live.version(), |_| get_users());
+    let devices = Resource::new_blocking(move || live.version(), |_| get_lock_devices());
+    // Subscribe (in the browser only; effects do not run on the server) from the position the
+    // server-rendered list was read at, so a change committed while the page loads still
+    // reaches it.
+    Effect::new(move |_| {
+        if let Some(Ok(snapshot)) = users.get() {
+            live.start(snapshot.position);
+        }
+    });
+    view! {
+        <header class="mb-6 flex items-center justify-between">
+            <h1 class="text-2xl font-bold">"Realtime users"</h1>
+            <LiveStatus />
+        </header>
+        <div class="grid gap-6">
+            <UserCard users />
+            <DevicePanel devices />
+        </div>
+    }
+}

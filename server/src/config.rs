@@ -1,0 +1,207 @@
+//! The server's settings, read once from the environment (see the
+//! configuration table in README).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A setting that could not be used: says which variable and why, on one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `variable`.
+    pub fn new(variable: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            variable,
+            message: message.into(),
+        }
+    }
+}
+
+/// Typed configuration; every field has the contract's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `MONGO_URI`: a real deployment (replica set or Atlas); `None` starts the embedded database.
+    pub mongo_uri: Option<String>,
+    /// `MONGO_DB`: the database name.
+    pub mongo_db: String,
+    /// `EMBEDDED_DB_ADDR`: where the embedded database listens.
+    pub embedded_addr: SocketAddr,
+    /// `EMBEDDED_DB_PATH`: where the embedded database keeps its files.
+    pub embedded_path: PathBuf,
+    /// `LEPTOS_SITE_ADDR`: the HTTP address.
+    pub site_addr: SocketAddr,
+    /// `SSE_HEARTBEAT_MS`: idle time after which a `: heartbeat` comment is sent.
+    pub heartbeat: Duration,
+    /// `SSE_MAX_CLIENTS`: concurrent event streams.
+    pub max_clients: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mongo_uri: None,
+            mongo_db: "realtime".to_owned(),
+            embedded_addr: SocketAddr::from(([127, 0, 0, 1], 27017)),
+            embedded_path: PathBuf::from("./data/db"),
+            site_addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            heartbeat: Duration::from_millis(5000),
+            max_clients: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `get` (a variable's value, if set); unset or empty means default.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let defaults = Self::default();
+        let mongo_uri = var("MONGO_URI");
+        if let Some(uri) = &mongo_uri {
+            if !uri.starts_with("mongodb://") && !uri.starts_with("mongodb+srv://") {
+                return Err(ConfigError::new(
+                    "MONGO_URI",
+                    "must start with mongodb:// or mongodb+srv://",
+                ));
+            }
+        }
+        let mongo_db = match var("MONGO_DB") {
+            Some(name) if name.contains(['/', '\\', '.', ' ', '"', '$']) || name.len() > 63 => {
+                return Err(ConfigError::new(
+                    "MONGO_DB",
+                    format!("invalid database name '{name}'"),
+                ))
+            }
+            Some(name) => name,
+            None => defaults.mongo_db,
+        };
+        Ok(Self {
+            mongo_uri,
+            mongo_db,
+            embedded_addr: parse(
+                var("EMBEDDED_DB_ADDR"),
+                "EMBEDDED_DB_ADDR",
+                defaults.embedded_addr,
+                "socket address",
+            )?,
+            embedded_path: var("EMBEDDED_DB_PATH").map_or(defaults.embedded_path, PathBuf::from),
+            site_addr: parse(
+                var("LEPTOS_SITE_ADDR"),
+                "LEPTOS_SITE_ADDR",
+                defaults.site_addr,
+                "socket address",
+            )?,
+            heartbeat: match parse(
+                var("SSE_HEARTBEAT_MS"),
+                "SSE_HEARTBEAT_MS",
+                5000u64,
+                "number of milliseconds",
+            )? {
+                0 => return Err(ConfigError::new("SSE_HEARTBEAT_MS", "must be at least 1")),
+                ms => Duration::from_millis(ms),
+            },
+            max_clients: parse(
+                var("SSE_MAX_CLIENTS"),
+                "SSE_MAX_CLIENTS",
+                defaults.max_clients,
+                "whole number",
+            )?,
+        })
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    value: Option<String>,
+    variable: &'static str,
+    default: T,
+    what: &str,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(variable, format!("invalid {what} '{text}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = Config::from_lookup(lookup(&[])).expect("defaults");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.site_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.embedded_addr.to_string(), "127.0.0.1:27017");
+        assert_eq!(config.heartbeat, Duration::from_secs(5));
+        assert_eq!(config.max_clients, 10_000);
+        assert_eq!(config.mongo_db, "realtime");
+    }
+
+    #[test]
+    fn values_are_read() {
+        let config = Config::from_lookup(lookup(&[
+            ("MONGO_URI", "mongodb://db:27017/?replicaSet=rs0"),
+            ("MONGO_DB", "app"),
+            ("EMBEDDED_DB_ADDR", "0.0.0.0:27018"),
+            ("EMBEDDED_DB_PATH", "/tmp/x"),
+            ("LEPTOS_SITE_ADDR", "127.0.0.1:0"),
+            ("SSE_HEARTBEAT_MS", "250"),
+            ("SSE_MAX_CLIENTS", "3"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            config.mongo_uri.as_deref(),
+            Some("mongodb://db:27017/?replicaSet=rs0")
+        );
+        assert_eq!(config.mongo_db, "app");
+        assert_eq!(config.embedded_addr.port(), 27018);
+        assert_eq!(config.embedded_path, PathBuf::from("/tmp/x"));
+        assert_eq!(config.heartbeat, Duration::from_millis(250));
+        assert_eq!(config.max_clients, 3);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("EMBEDDED_DB_ADDR", "x"),
+            ("LEPTOS_SITE_ADDR", "localhost"),
+            ("SSE_HEARTBEAT_MS", "soon"),
+            ("SSE_HEARTBEAT_MS", "0"),
+            ("SSE_MAX_CLIENTS", "-1"),
+            ("MONGO_URI", "http://x"),
+            ("MONGO_DB", "a.b"),
+        ] {
+            let err = Config::from_lookup(lookup(&[(name, value)])).expect_err(name);
+            assert_eq!(err.variable, name);
+            assert!(err.to_string().starts_with(&format!("{name}: ")), "{err}");
+        }
+    }
+}

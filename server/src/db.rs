@@ -1,0 +1,120 @@
+//! The database connection: a real deployment from `MONGO_URI`, or the
+//! embedded database started in-process; sample data on first start.
+
+use std::time::Duration;
+
+use app::repo::{DEVICES, USERS};
+use mongodb::bson::{doc, oid::ObjectId, Document};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+
+use crate::config::{Config, ConfigError};
+
+/// How long start-up waits for a deployment to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected database, and the embedded server when one was started.
+#[derive(Debug)]
+pub struct Connection {
+    /// The client every request uses.
+    pub client: Client,
+    /// The `MONGO_DB` database.
+    pub db: Database,
+    /// The in-process embedded database, when `MONGO_URI` is unset.
+    pub embedded: Option<embedded_db::Server>,
+}
+
+impl Connection {
+    /// Closes the client and stops the embedded database, if any.
+    pub async fn close(self) {
+        self.client.shutdown().await;
+        if let Some(server) = self.embedded {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// Connects as configured and checks the database answers; errors name the variable to fix.
+pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
+    let (uri, variable, embedded) = match &config.mongo_uri {
+        Some(uri) => (uri.clone(), "MONGO_URI", None),
+        None => {
+            let mut settings =
+                embedded_db::Config::new(config.embedded_addr, &config.embedded_path);
+            settings.advertised_host = None;
+            let server = embedded_db::Server::start(settings)
+                .await
+                .map_err(|e| match e {
+                    embedded_db::StartError::Bind { .. } => {
+                        ConfigError::new("EMBEDDED_DB_ADDR", e.to_string())
+                    }
+                    embedded_db::StartError::Storage { .. } => {
+                        ConfigError::new("EMBEDDED_DB_PATH", e.to_string())
+                    }
+                })?;
+            (server.uri(), "EMBEDDED_DB_ADDR", Some(server))
+        }
+    };
+    let mut options = ClientOptions::parse(&uri)
+        .await
+        .map_err(|e| ConfigError::new(variable, format!("invalid connection string: {e}")))?;
+    options.server_selection_timeout = Some(CONNECT_TIMEOUT);
+    options.app_name = Some("realtime".to_owned());
+    let client = Client::with_options(options)
+        .map_err(|e| ConfigError::new(variable, format!("invalid client options: {e}")))?;
+    client
+        .database("admin")
+        .run_command(doc! { "ping": 1 })
+        .await
+        .map_err(|e| ConfigError::new(variable, format!("cannot reach the database: {e}")))?;
+    let db = client.database(&config.mongo_db);
+    Ok(Connection {
+        client,
+        db,
+        embedded,
+    })
+}
+
+/// Inserts sample users and devices into collections that are empty (so a restart, or data
+/// written by someone else, is left alone). Returns how many documents were inserted.
+pub async fn seed(db: &Database) -> Result<u64, mongodb::error::Error> {
+    let mut inserted = 0;
+    let samples = [(USERS, sample_users()), (DEVICES, sample_devices())];
+    for (name, docs) in samples {
+        let coll = db.collection::<Document>(name);
+        if coll.estimated_document_count().await? == 0 {
+            inserted += coll.insert_many(docs).await?.inserted_ids.len() as u64;
+        }
+    }
+    Ok(inserted)
+}
+
+fn sample_users() -> Vec<Document> {
+    [
+        ("Ada", "Lovelace", "ada"),
+        ("Alan", "Turing", "alan"),
+        ("Grace", "Hopper", "grace"),
+        ("Edsger", "Dijkstra", "edsger"),
+        ("Barbara", "Liskov", "barbara"),
+    ]
+    .into_iter()
+    .map(|(fname, lname, username)| {
+        doc! { "_id": ObjectId::new(), "fname": fname, "lname": lname, "username": username }
+    })
+    .collect()
+}
+
+fn sample_devices() -> Vec<Document> {
+    [
+        ("Front door", "lock", true),
+        ("Garage", "lock", false),
+        ("Back door", "lock", true),
+        ("Hallway camera", "camera", false),
+        ("Garden camera", "camera", false),
+    ]
+    .into_iter()
+    .map(|(name, kind, locked)| {
+        doc! { "_id": ObjectId::new(), "name": name, "type": kind, "locked": locked }
+    })
+    .collect()
+}

@@ -1,0 +1,148 @@
+//! The Axum server of the live MongoDB view: server-side rendering through
+//! `leptos_axum`, the JSON routes, and the change-stream event feed.
+//!
+//! # Layout
+//!
+//! - `config`: the typed settings from the environment.
+//! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
+//! - `hub`: the one change stream and its fan-out to clients.
+//! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`.
+//! - `state`, `error`, `shutdown`: shared state, the error body, signals.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod hub;
+mod routes;
+pub mod shutdown;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::repo::Repo;
+use app::{shell, App};
+use axum::Router;
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
+
+pub use config::{Config, ConfigError};
+pub use state::AppState;
+
+/// How long start-up waits for the change stream before serving anyway (it keeps retrying).
+const STREAM_WAIT: Duration = Duration::from_secs(10);
+
+/// The whole application: pages, server functions, JSON routes, the event stream.
+pub fn router(state: AppState) -> Router {
+    let routes = generate_route_list(App);
+    let repo = state.repo.clone();
+    let options = state.leptos_options.clone();
+    Router::new()
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(repo.clone()),
+            move || shell(options.clone()),
+        )
+        .merge(routes::routes())
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        // The default predicate never compresses text/event-stream, so the feed stays
+        // uncompressed while pages are compressed.
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+    /// The state handlers see (for tests and benchmarks: the hub, the repo's read counter).
+    pub state: AppState,
+    /// Address of the embedded database, when one was started.
+    pub embedded_addr: Option<SocketAddr>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, ends open event streams, waits for requests in flight, then closes the
+    /// database (and the embedded server).
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Connects to the database, seeds it, opens the change stream and starts serving on
+/// `config.site_addr`. Errors are one line naming the variable to fix.
+pub async fn start(
+    config: Config,
+    mut leptos_options: LeptosOptions,
+) -> Result<Running, ConfigError> {
+    let connection = db::connect(&config).await?;
+    let embedded_addr = connection
+        .embedded
+        .as_ref()
+        .map(embedded_db::Server::local_addr);
+    let inserted = db::seed(&connection.db).await.map_err(|e| {
+        ConfigError::new(
+            if config.mongo_uri.is_some() {
+                "MONGO_URI"
+            } else {
+                "EMBEDDED_DB_PATH"
+            },
+            format!("cannot seed the database: {e}"),
+        )
+    })?;
+    if inserted > 0 {
+        tracing::info!(inserted, "seeded sample users and devices");
+    }
+    let listener = tokio::net::TcpListener::bind(config.site_addr)
+        .await
+        .map_err(|e| {
+            ConfigError::new(
+                "LEPTOS_SITE_ADDR",
+                format!("cannot listen on {}: {e}", config.site_addr),
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ConfigError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
+    leptos_options.site_addr = addr;
+    let shutdown = CancellationToken::new();
+    let hub = hub::Hub::start(connection.db.clone(), shutdown.clone());
+    if !hub.wait_open(STREAM_WAIT).await {
+        tracing::warn!("change stream not open yet; serving anyway, /readyz says 503 until it is");
+    }
+    let state = AppState {
+        leptos_options,
+        repo: Repo::new(connection.db.clone(), hub.position()),
+        hub,
+        config: Arc::new(config),
+        shutdown: shutdown.clone(),
+        sse_clients: Arc::default(),
+    };
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(cause = %e, "server error");
+        }
+        connection.close().await;
+    });
+    tracing::info!(%addr, "listening");
+    Ok(Running {
+        addr,
+        state,
+        embedded_addr,
+        task,
+    })
+}

@@ -1,0 +1,46 @@
+//! Run with
+//!
+//! ```not_rust
+//! make run                 # installs the tools, builds, serves http://127.0.0.1:3000
+//! cargo leptos watch       # development, once `make run` has installed the tools
+//! ```
+//!
+//! Configuration comes from the environment (README, "Configuration").
+
+use std::process::ExitCode;
+
+use leptos::prelude::get_configuration;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "server=info,embedded_db=info,tower_http=warn".into()),
+        )
+        .init();
+    let config = match server::Config::from_env() {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let options = match get_configuration(None) {
+        Ok(conf) => conf.leptos_options,
+        Err(e) => {
+            eprintln!("realtime: Leptos configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = match server::start(config, options).await {
+        Ok(running) => running,
+        Err(e) => return fail(&e),
+    };
+    server::shutdown::signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn fail(err: &server::ConfigError) -> ExitCode {
+    eprintln!("realtime: {err}");
+    ExitCode::FAILURE
+}

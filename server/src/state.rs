@@ -1,0 +1,29 @@
+//! What every handler can reach.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use app::repo::Repo;
+use axum::extract::FromRef;
+use leptos::prelude::LeptosOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::hub::Hub;
+
+/// Shared application state (cheap to clone).
+#[derive(Debug, Clone, FromRef)]
+pub struct AppState {
+    /// Leptos site options (output name, site root, …).
+    pub leptos_options: LeptosOptions,
+    /// Cached list reads.
+    pub repo: Repo,
+    /// The live feed.
+    pub hub: Hub,
+    /// The settings.
+    pub config: Arc<Config>,
+    /// Cancelled when the server shuts down; open event streams end on it.
+    pub shutdown: CancellationToken,
+    /// Event streams open now.
+    pub sse_clients: Arc<AtomicUsize>,
+}
