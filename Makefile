@@ -1,14 +1,53 @@
 # Two commands for users (see README): `make run` and `make test`.
-# Everything a target needs is installed by the target itself, idempotently.
+# Everything a target needs is installed by the target itself, idempotently: a warm run only
+# checks versions and stamp files, then goes straight to the build.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -e -o pipefail -c
+
+# `cargo install` puts binaries here; cargo-leptos runs the `wasm-bindgen` it finds on PATH.
+CARGO_HOME ?= $(HOME)/.cargo
+export PATH := $(CARGO_HOME)/bin:$(PATH)
+
+# Versions that work together (see the toolchain notes): wasm-bindgen CLI == the crate, exactly.
+CARGO_LEPTOS_VERSION := 0.3.11
+WASM_BINDGEN_VERSION := 0.2.130
+
+# Root privileges for apt-get (CI runs as root; elsewhere use sudo).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
 NODE_SMOKE := embedded-db/tests/node
+E2E := end2end
 
-.PHONY: test lint db bench node-deps
+# `cargo leptos build` (debug) compiles with RUSTFLAGS="--cfg erase_components" and
+# LEPTOS_OUTPUT_NAME=<name> (read by leptos at compile time). `cargo test` gets the same two, so
+# the dependency graph the server shares with the tests is compiled once, not twice.
+CARGO_TEST_ENV := RUSTFLAGS="--cfg erase_components" LEPTOS_OUTPUT_NAME=realtime
 
-## Run every test: unit, integration (official drivers against embedded-db), Node driver smoke test.
-test: node-deps
-	cargo test --workspace --locked
+.PHONY: run test test-rust test-e2e build-site tools wasm-target cargo-leptos wasm-bindgen \
+	npm-deps e2e-deps chromium lint db bench node-deps
+
+## Install the tools, build, serve http://127.0.0.1:3000 on the embedded database (./data/db).
+run: tools npm-deps
+	cargo leptos serve
+
+## Every test: the Rust suites, then the Playwright suite against a debug build of the site.
+test: tools npm-deps e2e-deps chromium node-deps
+	$(MAKE) test-rust
+	$(MAKE) build-site
+	$(MAKE) test-e2e
+
+## Unit and integration tests of every crate (the Node driver smoke test needs node-deps).
+test-rust: node-deps
+	$(CARGO_TEST_ENV) cargo test --workspace --locked
+
+## Debug build of the site: target/debug/server and target/site (WASM, JS, CSS, favicon).
+build-site: tools npm-deps
+	cargo leptos build --cargo-locked
+
+## The Playwright suite; it starts target/debug/server itself, on free ports and a temp dir.
+test-e2e: e2e-deps chromium
+	cd $(E2E) && npx playwright test
 
 ## Formatting and lints, as CI checks them.
 lint:
@@ -23,6 +62,56 @@ db:
 bench:
 	cargo bench --locked -p embedded-db --bench throughput
 
+# ---- tools ---------------------------------------------------------------------------------
+
+tools: wasm-target cargo-leptos wasm-bindgen
+
+wasm-target:
+	@case " $$(rustup target list --installed | tr '\n' ' ')" in \
+		*" wasm32-unknown-unknown "*) ;; \
+		*) rustup target add wasm32-unknown-unknown ;; \
+	esac
+
+# Plain --locked fails on rustc 1.95 and no lock file needs a newer rustc, hence
+# --locked --ignore-rust-version; thin release profile: ~20 min instead of ~27.
+cargo-leptos:
+	@case "$$(cargo leptos --version 2>/dev/null || true)" in \
+		*" $(CARGO_LEPTOS_VERSION)") ;; \
+		*) echo "installing cargo-leptos $(CARGO_LEPTOS_VERSION) (about 20 minutes)"; \
+		   CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+		   cargo install cargo-leptos --version $(CARGO_LEPTOS_VERSION) --locked --ignore-rust-version ;; \
+	esac
+
+# Without --locked: its lock file names a crate version the registry lacks.
+wasm-bindgen:
+	@case "$$(wasm-bindgen --version 2>/dev/null || true)" in \
+		*" $(WASM_BINDGEN_VERSION)") ;; \
+		*) echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (about 4 minutes)"; \
+		   cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) ;; \
+	esac
+
+# Debian's chromium for Playwright (never `npx playwright install`: no browser downloads here).
+chromium: /usr/bin/chromium
+
+/usr/bin/chromium:
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium
+
+# ---- npm packages (stamps: npm ci rewrites node_modules/.package-lock.json) ------------------
+
+## tailwindcss 3 and binaryen (wasm-opt); cargo-leptos puts node_modules/.bin first on PATH.
+npm-deps: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package-lock.json package.json
+	npm ci --no-audit --no-fund
+
+## @playwright/test and the Node mongodb driver for the end-to-end suite.
+e2e-deps: $(E2E)/node_modules/.package-lock.json
+
+$(E2E)/node_modules/.package-lock.json: $(E2E)/package-lock.json $(E2E)/package.json
+	npm ci --prefix $(E2E) --no-audit --no-fund
+
+## The Node mongodb driver for embedded-db's smoke test.
 node-deps: $(NODE_SMOKE)/node_modules/.package-lock.json
 
 $(NODE_SMOKE)/node_modules/.package-lock.json: $(NODE_SMOKE)/package-lock.json

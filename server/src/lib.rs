@@ -85,6 +85,18 @@ pub async fn start(
     config: Config,
     mut leptos_options: LeptosOptions,
 ) -> Result<Running, ConfigError> {
+    // Bind first: a taken address must stop start-up before anything else is started.
+    let listener = tokio::net::TcpListener::bind(config.site_addr)
+        .await
+        .map_err(|e| {
+            ConfigError::new(
+                "LEPTOS_SITE_ADDR",
+                format!("cannot listen on {}: {e}", config.site_addr),
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ConfigError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
     let connection = db::connect(&config).await?;
     let embedded_addr = connection
         .embedded
@@ -103,17 +115,6 @@ pub async fn start(
     if inserted > 0 {
         tracing::info!(inserted, "seeded sample users and devices");
     }
-    let listener = tokio::net::TcpListener::bind(config.site_addr)
-        .await
-        .map_err(|e| {
-            ConfigError::new(
-                "LEPTOS_SITE_ADDR",
-                format!("cannot listen on {}: {e}", config.site_addr),
-            )
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ConfigError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
     leptos_options.site_addr = addr;
     let shutdown = CancellationToken::new();
     let hub = hub::Hub::start(connection.db.clone(), shutdown.clone());

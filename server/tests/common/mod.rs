@@ -1,0 +1,191 @@
+//! Shared set-up: the whole server on `127.0.0.1:0` with `embedded-db` on a
+//! temporary directory, an official-driver client, and a small SSE reader.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses a different part of this module
+
+use std::time::Duration;
+
+use leptos::prelude::LeptosOptions;
+use mongodb::bson::Document;
+use mongodb::{Client, Collection};
+use server::{Config, Running};
+use tempfile::TempDir;
+
+/// A running server with its data directory and a database client.
+pub struct App {
+    pub running: Running,
+    pub dir: TempDir,
+    pub client: Client,
+    pub base: String,
+}
+
+impl App {
+    /// The `users` collection, through the official driver.
+    pub fn users(&self) -> Collection<Document> {
+        self.client.database("realtime").collection("users")
+    }
+
+    /// The `devices` collection, through the official driver.
+    pub fn devices(&self) -> Collection<Document> {
+        self.client.database("realtime").collection("devices")
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server and returns its data directory (to restart on it).
+    pub async fn stop(self) -> TempDir {
+        self.client.shutdown().await;
+        self.running.shutdown().await;
+        self.dir
+    }
+}
+
+/// Settings for a test server over `dir`: free ports, a short heartbeat.
+pub fn config(dir: &TempDir) -> Config {
+    Config {
+        embedded_addr: "127.0.0.1:0".parse().expect("address"),
+        embedded_path: dir.path().to_owned(),
+        site_addr: "127.0.0.1:0".parse().expect("address"),
+        heartbeat: Duration::from_millis(300),
+        ..Config::default()
+    }
+}
+
+/// Leptos options as cargo-leptos would give them (the site itself is not needed here).
+pub fn leptos_options() -> LeptosOptions {
+    LeptosOptions::builder()
+        .output_name("realtime")
+        .site_root("target/site")
+        .site_pkg_dir("pkg")
+        .build()
+}
+
+/// Starts the server on a fresh directory.
+pub async fn start() -> App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(&dir);
+    start_with(dir, config).await
+}
+
+/// Starts the server over `dir` with `config`.
+pub async fn start_with(dir: TempDir, config: Config) -> App {
+    let running = server::start(config, leptos_options()).await.expect("server starts");
+    let db_addr = running.embedded_addr.expect("embedded database");
+    let client = Client::with_uri_str(format!("mongodb://{db_addr}/?directConnection=true"))
+        .await
+        .expect("client");
+    let base = format!("http://{}", running.addr);
+    App {
+        running,
+        dir,
+        client,
+        base,
+    }
+}
+
+/// One server-sent event (or comment) as read off the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    pub comment: Option<String>,
+}
+
+/// Reads an event stream block by block.
+pub struct SseReader {
+    pub response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    /// Opens `url` with `Accept: text/event-stream` and extra headers.
+    pub async fn open(url: &str, headers: &[(&str, &str)]) -> Self {
+        let mut request = reqwest::Client::new()
+            .get(url)
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request");
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next block, or `None` when the stream ended or nothing came within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse_block(&block));
+            }
+            let chunk = tokio::time::timeout(wait, self.response.chunk()).await.ok()?;
+            match chunk {
+                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next block that is a message (`data:`), skipping `retry:` and comments.
+    pub async fn next_message(&mut self) -> SseEvent {
+        loop {
+            let event = self
+                .next_within(Duration::from_secs(10))
+                .await
+                .expect("a message within 10 s");
+            if event.data.is_some() {
+                return event;
+            }
+        }
+    }
+
+    /// Whether the stream ends (EOF) within `wait`, ignoring what comes before.
+    pub async fn ends_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Err(_) => return false,
+                Ok(Ok(Some(_))) => {}
+                Ok(_) => return true,
+            }
+        }
+    }
+}
+
+fn parse_block(block: &str) -> SseEvent {
+    let mut event = SseEvent::default();
+    for line in block.lines() {
+        if let Some(comment) = line.strip_prefix(':') {
+            event.comment = Some(comment.to_owned());
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+        match field {
+            "event" => event.event = Some(value),
+            "id" => event.id = Some(value),
+            "data" => event.data = Some(value),
+            "retry" => event.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+    event
+}
+
+/// The JSON body of a message.
+pub fn json(event: &SseEvent) -> serde_json::Value {
+    serde_json::from_str(event.data.as_deref().expect("data")).expect("JSON data")
+}
+
+/// Drains whatever a stream has buffered right now (used to skip the `retry:` preamble).
+pub async fn settle(reader: &mut SseReader) {
+    while reader.next_within(Duration::from_millis(200)).await.is_some() {}
+}

@@ -1,0 +1,269 @@
+//! `GET /api/sse` over real HTTP: headers, negotiation, heartbeats, events,
+//! resuming, resync, limits and clean-up.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{json, SseReader};
+use mongodb::bson::{doc, oid::ObjectId, Document};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// The stream has the contract's headers, starts with a `retry:` in the jitter range and sends
+/// `: heartbeat` comments while idle.
+#[tokio::test]
+async fn headers_retry_and_heartbeat() {
+    let app = common::start().await;
+    let client = reqwest::Client::new();
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[("accept-encoding", "gzip")]).await;
+    let headers = reader.response.headers().clone();
+    assert_eq!(reader.response.status().as_u16(), 200);
+    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    assert_eq!(headers.get("cache-control").and_then(|v| v.to_str().ok()), Some("no-cache, no-transform"));
+    assert_eq!(headers.get("x-accel-buffering").and_then(|v| v.to_str().ok()), Some("no"));
+    assert!(headers.get("content-encoding").is_none(), "never compressed");
+    let first = reader.next_within(SECOND).await.expect("first block");
+    let retry = first.retry.expect("retry first");
+    assert!((1000..3000).contains(&retry), "{retry}");
+    let mut heartbeats = 0;
+    while let Some(block) = reader.next_within(SECOND).await {
+        assert_eq!(block.comment.as_deref(), Some(" heartbeat"));
+        heartbeats += 1;
+        if heartbeats == 3 {
+            break;
+        }
+    }
+    assert_eq!(heartbeats, 3, "heartbeats every 300 ms while idle");
+    // Pages are compressed, the feed is not.
+    let page = client.get(app.url("/")).header("accept-encoding", "gzip").send().await.expect("page");
+    assert_eq!(page.headers().get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+}
+
+/// A request whose Accept does not admit text/event-stream gets 406.
+#[tokio::test]
+async fn not_acceptable() {
+    let app = common::start().await;
+    let response = reqwest::Client::new()
+        .get(app.url("/api/sse"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 406);
+}
+
+/// One message per change with the token as id and only operationType, collection and id.
+#[tokio::test]
+async fn changes_become_messages() {
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    let id = ObjectId::new();
+    app.users()
+        .insert_one(doc! { "_id": id, "fname": "New", "lname": "User", "username": "new", "secret": "s3cret" })
+        .await
+        .expect("insert");
+    app.users().update_one(doc! { "_id": id }, doc! { "$set": { "fname": "Newer" } }).await.expect("update");
+    app.users().replace_one(doc! { "_id": id }, doc! { "fname": "R", "lname": "R", "username": "r" }).await.expect("replace");
+    let device = app.devices().find_one(doc! { "type": "camera" }).await.expect("find").expect("camera");
+    app.devices().delete_one(doc! { "_id": device.get_object_id("_id").expect("oid") }).await.expect("delete");
+    app.client.database("realtime").collection::<Document>("other").insert_one(doc! { "x": 1 }).await.expect("other");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let message = reader.next_message().await;
+        assert!(message.id.as_deref().is_some_and(|t| !t.is_empty()), "id is the resume token");
+        assert!(message.event.is_none());
+        seen.push(json(&message));
+    }
+    assert_eq!(seen[0], serde_json::json!({ "operationType": "insert", "collection": "users", "id": id.to_hex() }));
+    assert_eq!(seen[1]["operationType"], "update");
+    assert_eq!(seen[2]["operationType"], "replace");
+    assert_eq!(seen[3]["operationType"], "delete");
+    assert_eq!(seen[3]["collection"], "devices");
+    assert!(seen.iter().all(|m| m.as_object().map(|o| o.len()) == Some(3)), "no document fields");
+    // The change to another collection is not broadcast.
+    assert!(reader.next_within(Duration::from_millis(500)).await.is_none_or(|b| b.data.is_none()));
+}
+
+/// Inserts `n` users and returns their ids.
+async fn insert_users(app: &common::App, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = ObjectId::new();
+        app.users()
+            .insert_one(doc! { "_id": id, "fname": format!("u{i}"), "lname": "x", "username": format!("u{i}") })
+            .await
+            .expect("insert");
+        ids.push(id.to_hex());
+    }
+    ids
+}
+
+/// Reads `n` messages and returns their document ids.
+async fn read_ids(reader: &mut SseReader, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(json(&reader.next_message().await)["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
+/// Reconnecting with `Last-Event-ID` (or `?lastEventId=`) delivers every change after that
+/// event, in order, once, then live ones.
+#[tokio::test]
+async fn resume_delivers_missed_changes_once() {
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    insert_users(&app, 1).await;
+    let last = reader.next_message().await.id.expect("id");
+    drop(reader);
+    let missed = insert_users(&app, 3).await;
+
+    let mut by_header = SseReader::open(&app.url("/api/sse"), &[("last-event-id", &last)]).await;
+    assert_eq!(read_ids(&mut by_header, 3).await, missed);
+    let mut by_query = SseReader::open(&app.url(&format!("/api/sse?lastEventId={last}")), &[]).await;
+    assert_eq!(read_ids(&mut by_query, 3).await, missed);
+    // The header wins over the query parameter.
+    let newest = {
+        let mut r = SseReader::open(&app.url("/api/sse"), &[("last-event-id", &last)]).await;
+        let mut id = None;
+        for _ in 0..3 {
+            id = r.next_message().await.id;
+        }
+        id.expect("id")
+    };
+    let mut both = SseReader::open(
+        &app.url(&format!("/api/sse?lastEventId={last}")),
+        &[("last-event-id", &newest)],
+    )
+    .await;
+    let live = insert_users(&app, 1).await;
+    assert_eq!(read_ids(&mut both, 1).await, live, "nothing replayed before the header's position");
+    // Nothing twice: after the live change, silence.
+    assert_eq!(read_ids(&mut by_header, 1).await, live);
+    assert!(by_header.next_within(Duration::from_millis(400)).await.is_none_or(|b| b.data.is_none()));
+}
+
+/// A position from before a restart (no longer in memory) is replayed from the database.
+#[tokio::test]
+async fn resume_across_restart_uses_the_database() {
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    insert_users(&app, 1).await;
+    let last = reader.next_message().await.id.expect("id");
+    let missed = insert_users(&app, 2).await;
+    drop(reader);
+    let dir = app.stop().await;
+    let config = common::config(&dir);
+    let app = common::start_with(dir, config).await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[("last-event-id", &last)]).await;
+    assert_eq!(read_ids(&mut reader, 2).await, missed);
+    let live = insert_users(&app, 1).await;
+    assert_eq!(read_ids(&mut reader, 1).await, live);
+}
+
+/// A token the server cannot resume from gets exactly one `resync` (with a current position as
+/// id), then live events.
+#[tokio::test]
+async fn unknown_token_gets_one_resync() {
+    let app = common::start().await;
+    for bogus in ["garbage", "0000000000000000000000", "7FFFFFFF0000000101"] {
+        let mut reader = SseReader::open(&app.url("/api/sse"), &[("last-event-id", bogus)]).await;
+        let resync = reader.next_message().await;
+        assert_eq!(resync.event.as_deref(), Some("resync"), "{bogus}");
+        assert!(resync.id.as_deref().is_some_and(|id| !id.is_empty() && id != bogus));
+        let live = insert_users(&app, 1).await;
+        let next = reader.next_message().await;
+        assert_eq!(next.event, None);
+        assert_eq!(json(&next)["id"], live[0].as_str());
+    }
+}
+
+/// Beyond SSE_MAX_CLIENTS a new stream gets 200, a retry line, and is closed; a client that
+/// disconnects frees its slot and leaves nothing behind.
+#[tokio::test]
+async fn client_limit_and_cleanup() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.max_clients = 1;
+    let app = common::start_with(dir, config).await;
+    let clients = app.running.state.sse_clients.clone();
+    let mut first = SseReader::open(&app.url("/api/sse"), &[]).await;
+    assert!(first.next_within(SECOND).await.is_some());
+    assert_eq!(clients.load(Ordering::SeqCst), 1);
+    let mut second = SseReader::open(&app.url("/api/sse"), &[]).await;
+    assert_eq!(second.response.status().as_u16(), 200);
+    let block = second.next_within(SECOND).await.expect("retry");
+    assert!(block.retry.is_some());
+    assert!(second.ends_within(2 * SECOND).await, "over the limit: closed");
+    drop(first);
+    let mut freed = false;
+    for _ in 0..50 {
+        if clients.load(Ordering::SeqCst) == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the disconnected client's slot is released");
+    let mut third = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut third).await;
+    insert_users(&app, 1).await;
+    assert!(third.next_message().await.id.is_some(), "a new client is admitted again");
+}
+
+/// Shutting the server down ends open streams promptly.
+#[tokio::test]
+async fn shutdown_ends_streams() {
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    let stop = tokio::spawn(app.stop());
+    assert!(reader.ends_within(5 * SECOND).await, "stream ended by shutdown");
+    tokio::time::timeout(10 * SECOND, stop).await.expect("shutdown completes").expect("task");
+}
+
+/// A client that stops reading is cut off (after a resync) once its buffer is full, while a
+/// reading client keeps getting every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = common::start().await;
+    // The slow client: a small receive window, and it reads nothing until the end.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    let mut slow = socket.connect(app.running.addr).await.expect("connect");
+    slow.write_all(b"GET /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut fast = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut fast).await;
+    // Lockstep: the next batch is written only once the fast client has read the last one, so
+    // it never falls behind, while the slow one falls further behind with every batch.
+    let total = 40_000;
+    for batch in 0..total / 500 {
+        let docs: Vec<Document> = (0..500)
+            .map(|i| doc! { "fname": format!("b{batch}"), "lname": format!("{i}"), "username": "bulk" })
+            .collect();
+        app.users().insert_many(docs).await.expect("insert batch");
+        for _ in 0..500 {
+            let message = fast.next_message().await;
+            assert_eq!(message.event, None, "the reading client never needs a resync");
+        }
+    }
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(10 * SECOND, slow.read_to_end(&mut bytes)).await;
+    assert!(read.is_ok(), "the slow client's connection was closed");
+    let text = String::from_utf8_lossy(&bytes);
+    let events = text.matches("data: {\"operationType\"").count();
+    assert!(events < total, "it did not get everything ({events})");
+    assert!(text.contains("event: resync"), "it was told to resync before being cut off");
+    // The reading client is still served.
+    insert_users(&app, 1).await;
+    assert!(fast.next_message().await.id.is_some());
+}

@@ -1,0 +1,8 @@
+/** @type {import('tailwindcss').Config} */
+module.exports = {
+  content: ["./app/src/**/*.rs"],
+  theme: {
+    extend: {},
+  },
+  plugins: [],
+};
