@@ -130,6 +130,7 @@ fn finish(db: &Db, result: CommandResult<Document>) -> Document {
 
 async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
     let name = req.body.keys().next().cloned().unwrap_or_default();
+    db.opcounters.count(&name, &req.body);
     if req.body.get_bool("startTransaction").unwrap_or(false)
         || req.body.get("autocommit").is_some()
     {

@@ -21,6 +21,57 @@ pub(crate) struct Db {
     pub(crate) connections: AtomicUsize,
     /// Connections accepted since start; also the source of `connectionId`s.
     pub(crate) connections_created: AtomicU64,
+    /// Commands served, by kind (`serverStatus.opcounters`).
+    pub(crate) opcounters: OpCounters,
+}
+
+/// `serverStatus.opcounters`: how many commands of each kind were served, as `mongod` counts
+/// them (documents are not counted; a batch insert counts once per document, as in mongod).
+#[derive(Debug, Default)]
+pub(crate) struct OpCounters {
+    /// Documents inserted by `insert` commands.
+    pub(crate) insert: AtomicU64,
+    /// `find` commands.
+    pub(crate) query: AtomicU64,
+    /// `update` statements.
+    pub(crate) update: AtomicU64,
+    /// `delete` statements.
+    pub(crate) delete: AtomicU64,
+    /// `getMore` commands.
+    pub(crate) getmore: AtomicU64,
+    /// Every other command.
+    pub(crate) command: AtomicU64,
+}
+
+impl OpCounters {
+    /// Counts one command named `name` with `body`.
+    pub(crate) fn count(&self, name: &str, body: &bson::Document) {
+        let batch = |key: &str| body.get_array(key).map_or(1, |a| a.len() as u64);
+        let (counter, n) = match name {
+            "insert" => (&self.insert, batch("documents")),
+            "find" => (&self.query, 1),
+            "update" => (&self.update, batch("updates")),
+            "delete" => (&self.delete, batch("deletes")),
+            "getMore" => (&self.getmore, 1),
+            _ => (&self.command, 1),
+        };
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The `opcounters` document.
+    pub(crate) fn to_document(&self) -> bson::Document {
+        let get = |c: &AtomicU64| {
+            i64::try_from(c.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX)
+        };
+        bson::doc! {
+            "insert": get(&self.insert),
+            "query": get(&self.query),
+            "update": get(&self.update),
+            "delete": get(&self.delete),
+            "getmore": get(&self.getmore),
+            "command": get(&self.command),
+        }
+    }
 }
 
 /// How the server describes itself.

@@ -132,6 +132,7 @@ impl Server {
             },
             connections: 0.into(),
             connections_created: 0.into(),
+            opcounters: crate::db::OpCounters::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, db, shutdown_rx));

@@ -58,7 +58,9 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
     let mut options = ClientOptions::parse(&uri)
         .await
         .map_err(|e| ConfigError::new(variable, format!("invalid connection string: {e}")))?;
-    options.server_selection_timeout.get_or_insert(CONNECT_TIMEOUT);
+    options
+        .server_selection_timeout
+        .get_or_insert(CONNECT_TIMEOUT);
     options.app_name = Some("realtime".to_owned());
     let client = Client::with_options(options)
         .map_err(|e| ConfigError::new(variable, format!("invalid client options: {e}")))?;

@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 async fn get_json(url: &str) -> (u16, Value) {
     let response = reqwest::get(url).await.expect("request");
     let status = response.status().as_u16();
-    (status, serde_json::from_str(&response.text().await.expect("body")).expect("JSON body"))
+    (
+        status,
+        serde_json::from_str(&response.text().await.expect("body")).expect("JSON body"),
+    )
 }
 
 /// `GET /api/users` lists every user in `_id` order with the contract's fields only.
@@ -17,14 +20,19 @@ async fn users_are_listed_in_id_order() {
     let app = common::start().await;
     let id = ObjectId::new();
     app.users()
-        .insert_one(doc! { "_id": id, "fname": "Zed", "lname": "Last", "username": "zed", "secret": "x" })
+        .insert_one(
+            doc! { "_id": id, "fname": "Zed", "lname": "Last", "username": "zed", "secret": "x" },
+        )
         .await
         .expect("insert");
     let (status, body) = get_json(&app.url("/api/users")).await;
     assert_eq!(status, 200);
     let users = body.as_array().expect("array");
     assert_eq!(users.len(), 6, "5 seeded users and the new one");
-    let ids: Vec<&str> = users.iter().map(|u| u["id"].as_str().expect("id")).collect();
+    let ids: Vec<&str> = users
+        .iter()
+        .map(|u| u["id"].as_str().expect("id"))
+        .collect();
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     assert_eq!(ids, sorted, "_id order");
@@ -32,7 +40,9 @@ async fn users_are_listed_in_id_order() {
         users.last(),
         Some(&json!({ "id": id.to_hex(), "fname": "Zed", "lname": "Last", "username": "zed" }))
     );
-    assert!(users.iter().all(|u| u["id"].as_str().is_some_and(|s| s.len() == 24)));
+    assert!(users
+        .iter()
+        .all(|u| u["id"].as_str().is_some_and(|s| s.len() == 24)));
 }
 
 /// `GET /api/lockDevices` lists only devices of type "lock".
@@ -56,15 +66,27 @@ async fn lock_devices_only() {
 async fn other_methods_are_not_allowed() {
     let app = common::start().await;
     let client = reqwest::Client::new();
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE, reqwest::Method::PATCH] {
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ] {
         let response = client
             .request(method.clone(), app.url("/api/lockDevices"))
             .send()
             .await
             .expect("request");
         assert_eq!(response.status().as_u16(), 405, "{method}");
-        assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET"));
-        let body: Value = serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some("GET")
+        );
+        let body: Value =
+            serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
         assert_eq!(body, json!({ "message": "Method not allowed" }));
     }
     let (status, body) = get_json(&app.url("/api/nothing")).await;
@@ -76,12 +98,24 @@ async fn other_methods_are_not_allowed() {
 #[tokio::test]
 async fn page_is_server_rendered_with_users() {
     let app = common::start().await;
-    let html = reqwest::get(app.url("/")).await.expect("page").text().await.expect("html");
-    for line in ["Ada Lovelace - ada", "Grace Hopper - grace", "Barbara Liskov - barbara"] {
+    let html = reqwest::get(app.url("/"))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    for line in [
+        "Ada Lovelace - ada",
+        "Grace Hopper - grace",
+        "Barbara Liskov - barbara",
+    ] {
         assert!(html.contains(line), "{line} in the HTML");
     }
     assert!(html.contains("Front door"), "lock devices are rendered too");
-    assert!(!html.contains("Hallway camera"), "cameras are not lock devices");
+    assert!(
+        !html.contains("Hallway camera"),
+        "cameras are not lock devices"
+    );
 }
 
 /// `/healthz` is 200; `/readyz` is 200 with the database and the change stream up.
@@ -113,7 +147,9 @@ async fn database_failure_is_a_500() {
         "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=300",
         database.local_addr()
     ));
-    let running = server::start(config, common::leptos_options()).await.expect("server");
+    let running = server::start(config, common::leptos_options())
+        .await
+        .expect("server");
     let base = format!("http://{}", running.addr);
     assert_eq!(get_json(&format!("{base}/api/users")).await.0, 200);
     database.shutdown().await;
@@ -140,17 +176,23 @@ async fn unreachable_database_stops_start_up() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = common::config(&dir);
     config.mongo_uri = Some("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200".to_owned());
-    let err = server::start(config, common::leptos_options()).await.expect_err("unreachable");
+    let err = server::start(config, common::leptos_options())
+        .await
+        .expect_err("unreachable");
     assert_eq!(err.variable, "MONGO_URI");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut config = common::config(&dir);
     config.embedded_addr = taken.local_addr().expect("addr");
-    let err = server::start(config, common::leptos_options()).await.expect_err("address in use");
+    let err = server::start(config, common::leptos_options())
+        .await
+        .expect_err("address in use");
     assert_eq!(err.variable, "EMBEDDED_DB_ADDR");
 
     let mut config = common::config(&dir);
     config.site_addr = taken.local_addr().expect("addr");
-    let err = server::start(config, common::leptos_options()).await.expect_err("site address in use");
+    let err = server::start(config, common::leptos_options())
+        .await
+        .expect_err("site address in use");
     assert_eq!(err.variable, "LEPTOS_SITE_ADDR");
 }

@@ -20,10 +20,24 @@ async fn headers_retry_and_heartbeat() {
     let mut reader = SseReader::open(&app.url("/api/sse"), &[("accept-encoding", "gzip")]).await;
     let headers = reader.response.headers().clone();
     assert_eq!(reader.response.status().as_u16(), 200);
-    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
-    assert_eq!(headers.get("cache-control").and_then(|v| v.to_str().ok()), Some("no-cache, no-transform"));
-    assert_eq!(headers.get("x-accel-buffering").and_then(|v| v.to_str().ok()), Some("no"));
-    assert!(headers.get("content-encoding").is_none(), "never compressed");
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    assert_eq!(
+        headers.get("cache-control").and_then(|v| v.to_str().ok()),
+        Some("no-cache, no-transform")
+    );
+    assert_eq!(
+        headers
+            .get("x-accel-buffering")
+            .and_then(|v| v.to_str().ok()),
+        Some("no")
+    );
+    assert!(
+        headers.get("content-encoding").is_none(),
+        "never compressed"
+    );
     let first = reader.next_within(SECOND).await.expect("first block");
     let retry = first.retry.expect("retry first");
     assert!((1000..3000).contains(&retry), "{retry}");
@@ -37,8 +51,18 @@ async fn headers_retry_and_heartbeat() {
     }
     assert_eq!(heartbeats, 3, "heartbeats every 300 ms while idle");
     // Pages are compressed, the feed is not.
-    let page = client.get(app.url("/")).header("accept-encoding", "gzip").send().await.expect("page");
-    assert_eq!(page.headers().get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    let page = client
+        .get(app.url("/"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(
+        page.headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
 }
 
 /// A request whose Accept does not admit text/event-stream gets 406.
@@ -65,26 +89,61 @@ async fn changes_become_messages() {
         .insert_one(doc! { "_id": id, "fname": "New", "lname": "User", "username": "new", "secret": "s3cret" })
         .await
         .expect("insert");
-    app.users().update_one(doc! { "_id": id }, doc! { "$set": { "fname": "Newer" } }).await.expect("update");
-    app.users().replace_one(doc! { "_id": id }, doc! { "fname": "R", "lname": "R", "username": "r" }).await.expect("replace");
-    let device = app.devices().find_one(doc! { "type": "camera" }).await.expect("find").expect("camera");
-    app.devices().delete_one(doc! { "_id": device.get_object_id("_id").expect("oid") }).await.expect("delete");
-    app.client.database("realtime").collection::<Document>("other").insert_one(doc! { "x": 1 }).await.expect("other");
+    app.users()
+        .update_one(doc! { "_id": id }, doc! { "$set": { "fname": "Newer" } })
+        .await
+        .expect("update");
+    app.users()
+        .replace_one(
+            doc! { "_id": id },
+            doc! { "fname": "R", "lname": "R", "username": "r" },
+        )
+        .await
+        .expect("replace");
+    let device = app
+        .devices()
+        .find_one(doc! { "type": "camera" })
+        .await
+        .expect("find")
+        .expect("camera");
+    app.devices()
+        .delete_one(doc! { "_id": device.get_object_id("_id").expect("oid") })
+        .await
+        .expect("delete");
+    app.client
+        .database("realtime")
+        .collection::<Document>("other")
+        .insert_one(doc! { "x": 1 })
+        .await
+        .expect("other");
     let mut seen = Vec::new();
     for _ in 0..4 {
         let message = reader.next_message().await;
-        assert!(message.id.as_deref().is_some_and(|t| !t.is_empty()), "id is the resume token");
+        assert!(
+            message.id.as_deref().is_some_and(|t| !t.is_empty()),
+            "id is the resume token"
+        );
         assert!(message.event.is_none());
         seen.push(json(&message));
     }
-    assert_eq!(seen[0], serde_json::json!({ "operationType": "insert", "collection": "users", "id": id.to_hex() }));
+    assert_eq!(
+        seen[0],
+        serde_json::json!({ "operationType": "insert", "collection": "users", "id": id.to_hex() })
+    );
     assert_eq!(seen[1]["operationType"], "update");
     assert_eq!(seen[2]["operationType"], "replace");
     assert_eq!(seen[3]["operationType"], "delete");
     assert_eq!(seen[3]["collection"], "devices");
-    assert!(seen.iter().all(|m| m.as_object().map(|o| o.len()) == Some(3)), "no document fields");
+    assert!(
+        seen.iter()
+            .all(|m| m.as_object().map(|o| o.len()) == Some(3)),
+        "no document fields"
+    );
     // The change to another collection is not broadcast.
-    assert!(reader.next_within(Duration::from_millis(500)).await.is_none_or(|b| b.data.is_none()));
+    assert!(reader
+        .next_within(Duration::from_millis(500))
+        .await
+        .is_none_or(|b| b.data.is_none()));
 }
 
 /// Inserts `n` users and returns their ids.
@@ -105,7 +164,12 @@ async fn insert_users(app: &common::App, n: usize) -> Vec<String> {
 async fn read_ids(reader: &mut SseReader, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {
-        ids.push(json(&reader.next_message().await)["id"].as_str().expect("id").to_owned());
+        ids.push(
+            json(&reader.next_message().await)["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
     }
     ids
 }
@@ -124,7 +188,8 @@ async fn resume_delivers_missed_changes_once() {
 
     let mut by_header = SseReader::open(&app.url("/api/sse"), &[("last-event-id", &last)]).await;
     assert_eq!(read_ids(&mut by_header, 3).await, missed);
-    let mut by_query = SseReader::open(&app.url(&format!("/api/sse?lastEventId={last}")), &[]).await;
+    let mut by_query =
+        SseReader::open(&app.url(&format!("/api/sse?lastEventId={last}")), &[]).await;
     assert_eq!(read_ids(&mut by_query, 3).await, missed);
     // The header wins over the query parameter.
     let newest = {
@@ -141,10 +206,17 @@ async fn resume_delivers_missed_changes_once() {
     )
     .await;
     let live = insert_users(&app, 1).await;
-    assert_eq!(read_ids(&mut both, 1).await, live, "nothing replayed before the header's position");
+    assert_eq!(
+        read_ids(&mut both, 1).await,
+        live,
+        "nothing replayed before the header's position"
+    );
     // Nothing twice: after the live change, silence.
     assert_eq!(read_ids(&mut by_header, 1).await, live);
-    assert!(by_header.next_within(Duration::from_millis(400)).await.is_none_or(|b| b.data.is_none()));
+    assert!(by_header
+        .next_within(Duration::from_millis(400))
+        .await
+        .is_none_or(|b| b.data.is_none()));
 }
 
 /// A position from before a restart (no longer in memory) is replayed from the database.
@@ -175,7 +247,10 @@ async fn unknown_token_gets_one_resync() {
         let mut reader = SseReader::open(&app.url("/api/sse"), &[("last-event-id", bogus)]).await;
         let resync = reader.next_message().await;
         assert_eq!(resync.event.as_deref(), Some("resync"), "{bogus}");
-        assert!(resync.id.as_deref().is_some_and(|id| !id.is_empty() && id != bogus));
+        assert!(resync
+            .id
+            .as_deref()
+            .is_some_and(|id| !id.is_empty() && id != bogus));
         let live = insert_users(&app, 1).await;
         let next = reader.next_message().await;
         assert_eq!(next.event, None);
@@ -199,7 +274,10 @@ async fn client_limit_and_cleanup() {
     assert_eq!(second.response.status().as_u16(), 200);
     let block = second.next_within(SECOND).await.expect("retry");
     assert!(block.retry.is_some());
-    assert!(second.ends_within(2 * SECOND).await, "over the limit: closed");
+    assert!(
+        second.ends_within(2 * SECOND).await,
+        "over the limit: closed"
+    );
     drop(first);
     let mut freed = false;
     for _ in 0..50 {
@@ -213,7 +291,10 @@ async fn client_limit_and_cleanup() {
     let mut third = SseReader::open(&app.url("/api/sse"), &[]).await;
     common::settle(&mut third).await;
     insert_users(&app, 1).await;
-    assert!(third.next_message().await.id.is_some(), "a new client is admitted again");
+    assert!(
+        third.next_message().await.id.is_some(),
+        "a new client is admitted again"
+    );
 }
 
 /// Shutting the server down ends open streams promptly.
@@ -223,8 +304,14 @@ async fn shutdown_ends_streams() {
     let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
     common::settle(&mut reader).await;
     let stop = tokio::spawn(app.stop());
-    assert!(reader.ends_within(5 * SECOND).await, "stream ended by shutdown");
-    tokio::time::timeout(10 * SECOND, stop).await.expect("shutdown completes").expect("task");
+    assert!(
+        reader.ends_within(5 * SECOND).await,
+        "stream ended by shutdown"
+    );
+    tokio::time::timeout(10 * SECOND, stop)
+        .await
+        .expect("shutdown completes")
+        .expect("task");
 }
 
 /// A client that stops reading is cut off (after a resync) once its buffer is full, while a
@@ -253,7 +340,10 @@ async fn slow_client_is_cut_off() {
         app.users().insert_many(docs).await.expect("insert batch");
         for _ in 0..500 {
             let message = fast.next_message().await;
-            assert_eq!(message.event, None, "the reading client never needs a resync");
+            assert_eq!(
+                message.event, None,
+                "the reading client never needs a resync"
+            );
         }
     }
     let mut bytes = Vec::new();
@@ -262,7 +352,10 @@ async fn slow_client_is_cut_off() {
     let text = String::from_utf8_lossy(&bytes);
     let events = text.matches("data: {\"operationType\"").count();
     assert!(events < total, "it did not get everything ({events})");
-    assert!(text.contains("event: resync"), "it was told to resync before being cut off");
+    assert!(
+        text.contains("event: resync"),
+        "it was told to resync before being cut off"
+    );
     // The reading client is still served.
     insert_users(&app, 1).await;
     assert!(fast.next_message().await.id.is_some());

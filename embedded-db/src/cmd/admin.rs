@@ -131,6 +131,7 @@ pub(super) fn server_status(db: &Db) -> Document {
             "available": 1_000_000_i64,
             "totalCreated": i64::try_from(db.connections_created.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
         },
+        "opcounters": db.opcounters.to_document(),
         "metrics": { "cursor": { "open": { "total": i64::try_from(db.cursors.len()).unwrap_or(i64::MAX) } } },
         "storageEngine": { "name": "redb", "persistent": true },
         "repl": { "setName": db.info.replica_set.as_str(), "isWritablePrimary": true, "hosts": [db.info.host.as_str()] },

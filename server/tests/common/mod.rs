@@ -72,7 +72,9 @@ pub async fn start() -> App {
 
 /// Starts the server over `dir` with `config`.
 pub async fn start_with(dir: TempDir, config: Config) -> App {
-    let running = server::start(config, leptos_options()).await.expect("server starts");
+    let running = server::start(config, leptos_options())
+        .await
+        .expect("server starts");
     let db_addr = running.embedded_addr.expect("embedded database");
     let client = Client::with_uri_str(format!("mongodb://{db_addr}/?directConnection=true"))
         .await
@@ -125,7 +127,9 @@ impl SseReader {
                 let block: String = self.buffer.drain(..end + 2).collect();
                 return Some(parse_block(&block));
             }
-            let chunk = tokio::time::timeout(wait, self.response.chunk()).await.ok()?;
+            let chunk = tokio::time::timeout(wait, self.response.chunk())
+                .await
+                .ok()?;
             match chunk {
                 Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
                 _ => return None,
@@ -187,5 +191,9 @@ pub fn json(event: &SseEvent) -> serde_json::Value {
 
 /// Drains whatever a stream has buffered right now (used to skip the `retry:` preamble).
 pub async fn settle(reader: &mut SseReader) {
-    while reader.next_within(Duration::from_millis(200)).await.is_some() {}
+    while reader
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
 }
