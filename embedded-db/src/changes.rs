@@ -12,7 +12,7 @@ use bson::{doc, Bson, Document};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::Namespace;
 use crate::query::aggregate::Pipeline;
-use crate::storage::{position_of, timestamp_of, Position, ReadCtx, Snapshot};
+use crate::storage::{position_of, timestamp_of, Position, ReadCtx, RecentChanges, Snapshot};
 
 /// Stages a change stream pipeline may contain after `$changeStream` (MongoDB's list).
 const ALLOWED_STAGES: &[&str] = &[
@@ -114,6 +114,62 @@ enum BeforeChange {
     Off,
     WhenAvailable,
     Required,
+}
+
+/// Where a stream reads change records: a storage snapshot, or the in-memory tail of the log.
+pub(crate) trait ChangeSource {
+    /// The newest committed position this source knows.
+    fn last_position(&self) -> CommandResult<Position>;
+    /// Calls `visit` with each record after `after`, in order, until it returns false.
+    fn for_each_after(
+        &self,
+        after: Position,
+        visit: &mut dyn FnMut(Position, &Document) -> CommandResult<bool>,
+    ) -> CommandResult<()>;
+    /// The current version of a document (`fullDocument: updateLookup`).
+    fn current_document(&self, ns: &Namespace, id: &Bson) -> CommandResult<Option<Document>>;
+}
+
+impl ChangeSource for ReadCtx {
+    fn last_position(&self) -> CommandResult<Position> {
+        ReadCtx::last_position(self)
+    }
+
+    fn for_each_after(
+        &self,
+        after: Position,
+        visit: &mut dyn FnMut(Position, &Document) -> CommandResult<bool>,
+    ) -> CommandResult<()> {
+        self.changes_after(after, |pos, record| visit(pos, &record))
+    }
+
+    fn current_document(&self, ns: &Namespace, id: &Bson) -> CommandResult<Option<Document>> {
+        match self.collection(ns)? {
+            Some(meta) => self.find_by_id(&meta, id),
+            None => Ok(None),
+        }
+    }
+}
+
+impl ChangeSource for RecentChanges {
+    fn last_position(&self) -> CommandResult<Position> {
+        Ok(RecentChanges::last_position(self))
+    }
+
+    fn for_each_after(
+        &self,
+        after: Position,
+        visit: &mut dyn FnMut(Position, &Document) -> CommandResult<bool>,
+    ) -> CommandResult<()> {
+        self.changes_after(after, visit)
+    }
+
+    fn current_document(&self, _: &Namespace, _: &Bson) -> CommandResult<Option<Document>> {
+        // Streams that look documents up read from storage (see `ChangeStream::can_read_from`).
+        Err(CommandError::internal(
+            "document lookup needs a storage snapshot",
+        ))
+    }
 }
 
 /// An open change stream: its options and how far it has read.
@@ -225,8 +281,18 @@ impl ChangeStream {
         .to_document()
     }
 
+    /// Whether this stream can read its next batch from `recent` (the in-memory tail covers its
+    /// position, and it does not look documents up).
+    pub(crate) fn can_read_from(&self, recent: &RecentChanges) -> bool {
+        self.full_document != FullDocument::UpdateLookup && recent.covers(self.position)
+    }
+
     /// Reads up to `limit` events committed after the current position, without waiting.
-    pub(crate) fn next_batch(&mut self, read: &ReadCtx, limit: usize) -> CommandResult<Batch> {
+    pub(crate) fn next_batch(
+        &mut self,
+        read: &impl ChangeSource,
+        limit: usize,
+    ) -> CommandResult<Batch> {
         if self.invalidated {
             return Ok(Batch {
                 events: Vec::new(),
@@ -239,13 +305,13 @@ impl ChangeStream {
         let mut bytes = 0usize;
         let mut full = false;
         let mut examined = self.position;
-        read.changes_after(self.position, |pos, record| {
+        read.for_each_after(self.position, &mut |pos, record| {
             if events.len() >= limit || bytes >= BATCH_BYTES {
                 full = true;
                 return Ok(false);
             }
             examined = pos;
-            for event in self.events_for(pos, &record, read)? {
+            for event in self.events_for(pos, record, read)? {
                 bytes += event_size(&event);
                 events.push(event);
             }
@@ -276,7 +342,7 @@ impl ChangeStream {
         &mut self,
         pos: Position,
         record: &Document,
-        read: &ReadCtx,
+        read: &impl ChangeSource,
     ) -> CommandResult<Vec<Document>> {
         let op = record.get_str("op").unwrap_or_default();
         let ns = record.get_document("ns").ok();
@@ -315,7 +381,7 @@ impl ChangeStream {
         pos: Position,
         op: &str,
         record: &Document,
-        read: &ReadCtx,
+        read: &impl ChangeSource,
     ) -> CommandResult<Document> {
         let token = ResumeToken {
             pos,
@@ -372,15 +438,16 @@ impl ChangeStream {
     }
 
     /// `fullDocument` of an update event under the stream's option.
-    fn updated_document(&self, record: &Document, read: &ReadCtx) -> CommandResult<Option<Bson>> {
+    fn updated_document(
+        &self,
+        record: &Document,
+        read: &impl ChangeSource,
+    ) -> CommandResult<Option<Bson>> {
         match self.full_document {
             FullDocument::Default => Ok(None),
             FullDocument::UpdateLookup => {
                 let current = match (record_namespace(record), record.get("id")) {
-                    (Some(ns), Some(id)) => match read.collection(&ns)? {
-                        Some(meta) => read.find_by_id(&meta, id)?,
-                        None => None,
-                    },
+                    (Some(ns), Some(id)) => read.current_document(&ns, id)?,
                     _ => None,
                 };
                 Ok(Some(current.map_or(Bson::Null, Bson::Document)))

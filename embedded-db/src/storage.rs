@@ -17,9 +17,10 @@
 //! embedded-db-bench`).
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bson::{doc, Bson, Document};
@@ -203,6 +204,60 @@ impl ChangeRecord {
 /// A position in the change log: `(seconds << 32) | increment`, the cluster time of a change.
 pub(crate) type Position = u64;
 
+/// Change records kept in memory after commit, so that change streams waiting at the head of
+/// the log are served without a storage read.
+const RECENT_CHANGES: usize = 4096;
+
+/// The newest committed change records, in log order.
+#[derive(Debug, Default)]
+pub(crate) struct RecentChanges {
+    /// (position, record), oldest first.
+    records: VecDeque<(Position, Arc<Document>)>,
+    /// Every record after this position is in `records`.
+    floor: Position,
+    /// The newest committed position (records may stop before it: not every commit logs).
+    last: Position,
+}
+
+impl RecentChanges {
+    /// Whether every committed record after `pos` is here.
+    pub(crate) fn covers(&self, pos: Position) -> bool {
+        pos >= self.floor
+    }
+
+    /// The newest committed position.
+    pub(crate) fn last_position(&self) -> Position {
+        self.last
+    }
+
+    /// Calls `visit` with each record after `after`, in order, until it returns false.
+    pub(crate) fn changes_after(
+        &self,
+        after: Position,
+        mut visit: impl FnMut(Position, &Document) -> CommandResult<bool>,
+    ) -> CommandResult<()> {
+        let start = self.records.partition_point(|(pos, _)| *pos <= after);
+        for (pos, record) in self.records.iter().skip(start) {
+            if !visit(*pos, record)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, written: Vec<(Position, Document)>, last: Position) {
+        for (pos, record) in written {
+            self.records.push_back((pos, Arc::new(record)));
+        }
+        while self.records.len() > RECENT_CHANGES {
+            if let Some((pos, _)) = self.records.pop_front() {
+                self.floor = pos;
+            }
+        }
+        self.last = last;
+    }
+}
+
 /// The cluster time a position stands for.
 pub(crate) fn timestamp_of(pos: Position) -> bson::Timestamp {
     bson::Timestamp {
@@ -263,6 +318,7 @@ struct Inner {
     db: Arc<Database>,
     jobs: mpsc::Sender<WriterMsg>,
     committed: watch::Receiver<Position>,
+    recent: Arc<RwLock<RecentChanges>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -289,11 +345,26 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(counters.last_position);
+        let recent = Arc::new(RwLock::new(RecentChanges {
+            floor: counters.last_position,
+            last: counters.last_position,
+            ..RecentChanges::default()
+        }));
+        let writer_recent = Arc::clone(&recent);
         let writer_db = Arc::clone(&db);
         std::thread::Builder::new()
             .name("embedded-db-writer".into())
             .spawn(move || {
-                let stop = writer_loop(&writer_db, &rx, &committed_tx, counters, history_limit);
+                let stop = writer_loop(
+                    &writer_db,
+                    &rx,
+                    &Published {
+                        committed: committed_tx,
+                        recent: writer_recent,
+                    },
+                    counters,
+                    history_limit,
+                );
                 // Close the file before saying so, so that a reopen right after `close` succeeds.
                 drop(writer_db);
                 if let Some(done) = stop {
@@ -306,6 +377,7 @@ impl Store {
                 db,
                 jobs: tx,
                 committed,
+                recent,
             }),
         })
     }
@@ -356,6 +428,16 @@ impl Store {
     /// The last committed position (the cluster time of the newest write).
     pub(crate) fn last_position(&self) -> Position {
         *self.inner.committed.borrow()
+    }
+
+    /// Runs `f` on the in-memory tail of the change log.
+    pub(crate) fn with_recent<T>(&self, f: impl FnOnce(&RecentChanges) -> T) -> T {
+        let recent = self
+            .inner
+            .recent
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&recent)
     }
 
     /// Stops the writer thread after the jobs already queued; later writes fail with
@@ -426,10 +508,16 @@ fn save_counters(
     Ok(())
 }
 
+/// Where the writer announces commits: the change-log tail first, then the position.
+struct Published {
+    committed: watch::Sender<Position>,
+    recent: Arc<RwLock<RecentChanges>>,
+}
+
 fn writer_loop(
     db: &Database,
     rx: &mpsc::Receiver<WriterMsg>,
-    committed: &watch::Sender<Position>,
+    published: &Published,
     mut counters: Counters,
     history_limit: u64,
 ) -> Option<oneshot::Sender<()>> {
@@ -448,7 +536,7 @@ fn writer_loop(
             }
         }
         if !jobs.is_empty() {
-            counters = commit_group(db, jobs, counters, history_limit, committed);
+            counters = commit_group(db, jobs, counters, history_limit, published);
         }
         if stop.is_some() {
             return stop;
@@ -463,7 +551,7 @@ fn commit_group(
     jobs: Vec<Job>,
     counters: Counters,
     history_limit: u64,
-    committed: &watch::Sender<Position>,
+    published: &Published,
 ) -> Counters {
     let fail_all = |jobs: Vec<Completion>, why: &str| {
         for done in jobs {
@@ -486,6 +574,7 @@ fn commit_group(
         counters,
         wall: bson::DateTime::now(),
         failed: Cell::new(false),
+        written: Vec::new(),
     };
     let mut completions = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -504,6 +593,7 @@ fn commit_group(
         }
     }
     let new_counters = ctx.counters;
+    let written = std::mem::take(&mut ctx.written);
     let saved = txn
         .open_table(META)
         .and_then(|mut meta| save_counters(&mut meta, &new_counters).map_err(Into::into));
@@ -514,7 +604,13 @@ fn commit_group(
     }
     match txn.commit() {
         Ok(()) => {
-            committed.send_replace(new_counters.last_position);
+            // The tail first: a stream woken by the position must find the records.
+            published
+                .recent
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(written, new_counters.last_position);
+            published.committed.send_replace(new_counters.last_position);
             for done in completions {
                 done(Ok(()));
             }
@@ -746,6 +842,8 @@ pub(crate) struct WriteCtx<'t> {
     wall: bson::DateTime,
     /// Set when a storage call failed: the transaction will be aborted.
     failed: Cell<bool>,
+    /// Change records of this transaction, published to readers after commit.
+    written: Vec<(Position, Document)>,
 }
 
 impl WriteCtx<'_> {
@@ -1030,12 +1128,16 @@ impl WriteCtx<'_> {
     /// Appends a change record at the next cluster time, in this transaction.
     pub(crate) fn record(&mut self, change: &ChangeRecord) -> CommandResult<()> {
         let pos = self.counters.next_position();
-        let bytes = bson::to_vec(&change.to_document(self.wall)).map_err(|e| self.fail(e))?;
-        let mut table = self.txn.open_table(CHANGES).map_err(|e| self.fail(e))?;
-        table
-            .insert(pos, bytes.as_slice())
-            .map_err(|e| self.fail(e))?;
+        let record = change.to_document(self.wall);
+        let bytes = bson::to_vec(&record).map_err(|e| self.fail(e))?;
+        {
+            let mut table = self.txn.open_table(CHANGES).map_err(|e| self.fail(e))?;
+            table
+                .insert(pos, bytes.as_slice())
+                .map_err(|e| self.fail(e))?;
+        }
         self.counters.change_count += 1;
+        self.written.push((pos, record));
         Ok(())
     }
 
@@ -1194,6 +1296,31 @@ mod tests {
         assert_eq!(docs, 5);
         assert_eq!(changes, 3);
         assert!(floor > 0);
+    }
+
+    #[test]
+    fn recent_changes_cover_only_what_they_hold() {
+        let mut recent = RecentChanges {
+            floor: 10,
+            last: 10,
+            ..RecentChanges::default()
+        };
+        let written = (11..11 + RECENT_CHANGES as u64 + 5)
+            .map(|pos| (pos, doc! { "pos": i64::try_from(pos).unwrap_or(0) }))
+            .collect();
+        recent.push(written, 20_000);
+        assert_eq!(recent.records.len(), RECENT_CHANGES);
+        assert_eq!(recent.last_position(), 20_000);
+        assert!(!recent.covers(12), "evicted records are not covered");
+        assert!(recent.covers(15));
+        let mut seen = Vec::new();
+        recent
+            .changes_after(4000, |pos, _| {
+                seen.push(pos);
+                Ok(seen.len() < 3)
+            })
+            .expect("visit");
+        assert_eq!(seen, vec![4001, 4002, 4003]);
     }
 
     #[tokio::test]

@@ -170,16 +170,29 @@ async fn await_events(
     let mut commits = db.store.subscribe();
     loop {
         // Mark the current commit as seen *before* reading, so a commit that lands after the
-        // read's snapshot is never missed.
+        // read is never missed.
         commits.borrow_and_update();
-        let (returned, batch) = db
-            .store
-            .read(move |read| {
-                let batch = stream.next_batch(read, limit)?;
-                Ok((stream, batch))
-            })
-            .await?;
-        stream = returned;
+        // At the head of the log (the common case for a waiting stream) the in-memory tail
+        // serves the batch on this task; otherwise read a storage snapshot.
+        let from_memory = db.store.with_recent(|recent| {
+            stream
+                .can_read_from(recent)
+                .then(|| stream.next_batch(recent, limit))
+        });
+        let batch = match from_memory {
+            Some(batch) => batch?,
+            None => {
+                let (returned, batch) = db
+                    .store
+                    .read(move |read| {
+                        let batch = stream.next_batch(read, limit)?;
+                        Ok((stream, batch))
+                    })
+                    .await?;
+                stream = returned;
+                batch
+            }
+        };
         if !batch.events.is_empty() || batch.finished || Instant::now() >= deadline {
             return Ok((stream, batch));
         }
