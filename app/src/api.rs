@@ -9,7 +9,7 @@ use crate::model::{Device, Snapshot, User};
 #[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
 pub async fn get_users() -> Result<Snapshot<User>, ServerFnError> {
     use self::ssr::*;
-    let snapshot = repo()?.users().await.map_err(internal)?;
+    let snapshot = repo()?.users().await.map_err(|e| internal(&e))?;
     Ok((*snapshot).clone())
 }
 
@@ -18,7 +18,7 @@ pub async fn get_users() -> Result<Snapshot<User>, ServerFnError> {
 #[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
 pub async fn get_lock_devices() -> Result<Snapshot<Device>, ServerFnError> {
     use self::ssr::*;
-    let snapshot = repo()?.lock_devices().await.map_err(internal)?;
+    let snapshot = repo()?.lock_devices().await.map_err(|e| internal(&e))?;
     Ok((*snapshot).clone())
 }
 
@@ -35,7 +35,7 @@ pub mod ssr {
     }
 
     /// Logs a database failure and returns the generic error the client may see.
-    pub fn internal(err: mongodb::error::Error) -> ServerFnError {
+    pub fn internal(err: &mongodb::error::Error) -> ServerFnError {
         tracing::error!(cause = %err, "database read failed");
         ServerFnError::new("Internal server error")
     }

@@ -63,7 +63,7 @@ impl Live {
 
     /// Subscribes to `/api/sse` from `position` (the stream position of the rendered lists);
     /// only the first call does anything, and nothing happens outside the browser.
-    pub fn start(&self, position: Option<String>) {
+    pub fn start(&self, position: Option<&str>) {
         if self.started.get_value() {
             return;
         }
@@ -109,8 +109,8 @@ mod browser {
     /// How often the indicator re-reads the connection state.
     const STATUS_POLL: Duration = Duration::from_millis(250);
 
-    pub(super) fn subscribe(live: Live, position: Option<String>) {
-        let url = stream_url(position.as_deref());
+    pub(super) fn subscribe(live: Live, position: Option<&str>) {
+        let url = stream_url(position);
         let mut source = match EventSource::new(&url) {
             Ok(source) => source,
             Err(e) => {
@@ -118,12 +118,10 @@ mod browser {
                 return;
             }
         };
-        let (messages, resyncs) = match (source.subscribe("message"), source.subscribe("resync")) {
-            (Ok(messages), Ok(resyncs)) => (messages, resyncs),
-            _ => {
-                leptos::logging::error!("cannot subscribe to the event stream");
-                return;
-            }
+        let (Ok(messages), Ok(resyncs)) = (source.subscribe("message"), source.subscribe("resync"))
+        else {
+            leptos::logging::error!("cannot subscribe to the event stream");
+            return;
         };
         // Every change and every resync means "the lists may have changed": refetch.
         let mut events = futures::stream::select(messages, resyncs);

@@ -168,7 +168,7 @@ impl Hub {
                 after: Some(last.to_owned()),
             };
         }
-        if let Some(backlog) = self.from_recent(last, current.as_deref()) {
+        if let Some(backlog) = self.replay_recent(last, current.as_deref()) {
             let after = backlog
                 .last()
                 .map(|e| e.token().to_owned())
@@ -212,7 +212,7 @@ impl Hub {
     }
 
     /// The ring's events after `last`, when `last` lies within the ring's span.
-    fn from_recent(&self, last: &str, current: Option<&str>) -> Option<Vec<LiveEvent>> {
+    fn replay_recent(&self, last: &str, current: Option<&str>) -> Option<Vec<LiveEvent>> {
         let recent = self
             .inner
             .recent
@@ -295,7 +295,7 @@ impl Hub {
             backoff = BACKOFF_START;
             if resume.is_none() {
                 // A fresh stream: whatever clients hold may predate it.
-                self.restart_history(stream.resume_token());
+                self.restart_history(stream.resume_token().as_ref());
             }
             self.set_open(true);
             loop {
@@ -309,7 +309,7 @@ impl Hub {
                             self.publish(live);
                         }
                     }
-                    Ok(None) => self.advance(stream.resume_token()),
+                    Ok(None) => self.advance(stream.resume_token().as_ref()),
                     Err(e) => {
                         tracing::warn!(cause = %e, "change stream failed; reopening");
                         break;
@@ -354,8 +354,8 @@ impl Hub {
     }
 
     /// Starts a new history at `token` and tells every client to resync.
-    fn restart_history(&self, token: Option<ResumeToken>) {
-        let token = token.as_ref().and_then(token_text).unwrap_or_default();
+    fn restart_history(&self, token: Option<&ResumeToken>) {
+        let token = token.and_then(token_text).unwrap_or_default();
         {
             let mut recent = self
                 .inner
@@ -379,8 +379,8 @@ impl Hub {
     }
 
     /// Moves the position forward while idle (no change, so the cache stays valid).
-    fn advance(&self, token: Option<ResumeToken>) {
-        if let Some(token) = token.as_ref().and_then(token_text) {
+    fn advance(&self, token: Option<&ResumeToken>) {
+        if let Some(token) = token.and_then(token_text) {
             self.inner.position.send_if_modified(|p| {
                 let changed = p.token.as_deref() != Some(token.as_str());
                 p.token = Some(token);

@@ -20,7 +20,7 @@ pub fn HomePage() -> impl IntoView {
     // reaches it.
     Effect::new(move |_| {
         if let Some(Ok(snapshot)) = users.get() {
-            live.start(snapshot.position);
+            live.start(snapshot.position.as_deref());
         }
     });
     view! {
