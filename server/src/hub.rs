@@ -317,6 +317,7 @@ impl Hub {
                 }
                 resume = stream.resume_token().or(resume);
                 if !stream.is_alive() {
+                    // The database was dropped: reopen after the invalidate (startAfter).
                     tracing::warn!("change stream was invalidated; reopening");
                     break;
                 }
@@ -413,12 +414,16 @@ impl Hub {
     }
 }
 
-/// The database-level stream's filter: the two collections, and only document changes.
+/// The database-level stream's filter: changes to the two collections, and whole-collection
+/// or whole-database events that make every list stale.
 fn pipeline() -> Vec<Document> {
-    vec![doc! { "$match": {
-        "ns.coll": { "$in": [USERS, DEVICES] },
-        "operationType": { "$in": ["insert", "update", "replace", "delete"] },
-    } }]
+    vec![doc! { "$match": { "$or": [
+        {
+            "ns.coll": { "$in": [USERS, DEVICES] },
+            "operationType": { "$in": ["insert", "update", "replace", "delete", "drop", "rename"] },
+        },
+        { "operationType": "dropDatabase" },
+    ] } }]
 }
 
 /// Whether reopening from the last token can never work (history lost, token unknown).
@@ -432,13 +437,19 @@ fn token_text(token: &ResumeToken) -> Option<String> {
     doc.get_str("_data").ok().map(str::to_owned)
 }
 
-/// The client-facing form of a change: only the operation, the collection and the id.
+/// The client-facing form of a change: only the operation, the collection and the id. A
+/// dropped or renamed collection (or database) has no per-document events, so clients resync.
 fn to_live(event: &ChangeStreamEvent<Document>) -> Option<LiveEvent> {
     let operation = match event.operation_type {
         OperationType::Insert => "insert",
         OperationType::Update => "update",
         OperationType::Replace => "replace",
         OperationType::Delete => "delete",
+        OperationType::Drop | OperationType::Rename | OperationType::DropDatabase => {
+            return Some(LiveEvent::Resync {
+                token: token_text(&event.id)?,
+            })
+        }
         _ => return None,
     };
     let collection = event.ns.as_ref()?.coll.clone()?;

@@ -360,3 +360,32 @@ async fn slow_client_is_cut_off() {
     insert_users(&app, 1).await;
     assert!(fast.next_message().await.id.is_some());
 }
+
+/// Dropping a watched collection (which has no per-document events) makes every client resync,
+/// and the feed keeps going afterwards.
+#[tokio::test]
+async fn dropped_collection_resyncs_clients() {
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    app.users().drop().await.expect("drop");
+    let resync = reader.next_message().await;
+    assert_eq!(resync.event.as_deref(), Some("resync"));
+    let live = insert_users(&app, 1).await;
+    assert_eq!(read_ids(&mut reader, 1).await, live);
+    let (status, body) = {
+        let response = reqwest::get(app.url("/api/users")).await.expect("request");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
+    };
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .expect("JSON")
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
