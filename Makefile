@@ -17,6 +17,8 @@ WASM_BINDGEN_VERSION := 0.2.130
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 NODE_SMOKE := embedded-db/tests/node
+# pymongo for embedded-db's Python driver smoke test (embedded-db/tests/drivers.rs).
+PYMONGO_VERSION := 4.20.1
 E2E := end2end
 
 # `cargo leptos build` (debug) compiles with RUSTFLAGS="--cfg erase_components" and
@@ -25,21 +27,24 @@ E2E := end2end
 CARGO_TEST_ENV := RUSTFLAGS="--cfg erase_components" LEPTOS_OUTPUT_NAME=realtime
 
 .PHONY: run test test-rust test-e2e build-site tools wasm-target cargo-leptos wasm-bindgen \
-	npm-deps e2e-deps chromium lint db bench node-deps
+	npm-deps e2e-deps chromium lint db bench node-deps py-deps
 
 ## Install the tools, build, serve http://127.0.0.1:3000 on the embedded database (./data/db).
 run: tools npm-deps
 	cargo leptos serve
 
 ## Every test: the Rust suites, then the Playwright suite against a debug build of the site.
-test: tools npm-deps e2e-deps chromium node-deps
+test: tools npm-deps e2e-deps chromium node-deps py-deps
 	$(MAKE) test-rust
 	$(MAKE) build-site
 	$(MAKE) test-e2e
 
-## Unit and integration tests of every crate (the Node driver smoke test needs node-deps).
-test-rust: node-deps
-	$(CARGO_TEST_ENV) cargo test --workspace --locked
+## Unit and integration tests of every crate (the driver smoke tests need node-deps, py-deps).
+## `frontend` (the WASM entry point, no tests) is left out: in the same cargo invocation it would
+## unify `app/hydrate` and `leptos/hydrate` into the server's build, and the server would then run
+## browser-only effects while rendering (panic: `spawn_local` outside a LocalSet).
+test-rust: node-deps py-deps
+	$(CARGO_TEST_ENV) cargo test --workspace --exclude frontend --locked
 
 ## Debug build of the site: target/debug/server and target/site (WASM, JS, CSS, favicon).
 build-site: tools npm-deps
@@ -72,8 +77,9 @@ wasm-target:
 		*) rustup target add wasm32-unknown-unknown ;; \
 	esac
 
-# Plain --locked fails on rustc 1.95 and no lock file needs a newer rustc, hence
-# --locked --ignore-rust-version; thin release profile: ~20 min instead of ~27.
+# Plain --locked stops on rustc 1.95 (a locked crate declares rust-version 1.96, which
+# --ignore-rust-version lets through); without --locked a newer dependency needs rustc 1.97.
+# The thin release profile (no LTO, 16 codegen units) takes ~9-20 min instead of ~27.
 cargo-leptos:
 	@case "$$(cargo leptos --version 2>/dev/null || true)" in \
 		*" $(CARGO_LEPTOS_VERSION)") ;; \
@@ -116,3 +122,8 @@ node-deps: $(NODE_SMOKE)/node_modules/.package-lock.json
 
 $(NODE_SMOKE)/node_modules/.package-lock.json: $(NODE_SMOKE)/package-lock.json
 	npm ci --prefix $(NODE_SMOKE) --no-audit --no-fund
+
+## pymongo for embedded-db's Python driver smoke test (kept when a pymongo 4 is already there).
+py-deps:
+	@python3 -c 'import sys, pymongo; sys.exit(pymongo.version_tuple[0] != 4)' 2>/dev/null \
+		|| python3 -m pip install --no-input 'pymongo==$(PYMONGO_VERSION)'
