@@ -1,16 +1,21 @@
 //! Server-side reads of the lists, cached per stream position.
 //!
 //! Every connected browser refetches after each change event. The lists are
-//! therefore served from a snapshot keyed on the number of changes the live
-//! feed has seen: after one event, the first refetch reads the database and
-//! every other refetch of that version waits for it and reuses it, so N
+//! therefore served from a snapshot: after one event, the first refetch reads
+//! the database and every other refetch waits for it and reuses it, so N
 //! browsers cost one read per event, not N.
+//!
+//! A snapshot is reused only while it is provably current: the live feed has
+//! seen no change since it was read, and the deployment's `operationTime`
+//! (asked with a `ping`, which reads no data) has not moved since either. The
+//! second check matters because the feed lags a write by a few milliseconds: a
+//! page requested right after a write elsewhere must already show it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Database;
 use tokio::sync::{watch, Mutex};
 
@@ -50,9 +55,16 @@ struct Inner {
 
 #[derive(Debug)]
 struct Cache<T> {
-    /// (changes count it was read at, the snapshot); the lock also makes concurrent misses
-    /// wait for the one read in flight.
-    slot: Mutex<Option<(u64, Arc<Snapshot<T>>)>>,
+    /// The snapshot and what it was read at; the lock also makes concurrent misses wait for
+    /// the one read in flight.
+    slot: Mutex<Option<(ReadAt, Arc<Snapshot<T>>)>>,
+}
+
+/// When a snapshot was read: the feed's change count and the deployment's operation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadAt {
+    changes: u64,
+    operation_time: Option<Timestamp>,
 }
 
 impl<T> Default for Cache<T> {
@@ -139,11 +151,18 @@ impl Repo {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<T>, mongodb::error::Error>>,
     {
+        // Asked before the lock and before any read: whatever was committed when this request
+        // began is at or before this time.
+        let operation_time = self.operation_time().await?;
         let mut slot = cache.slot.lock().await;
         // Taken before the read: the list read next is at least as new as this position.
         let position = self.inner.position.borrow().clone();
-        if let Some((changes, snapshot)) = slot.as_ref() {
-            if position.live && *changes == position.changes {
+        let now = ReadAt {
+            changes: position.changes,
+            operation_time,
+        };
+        if let Some((read_at, snapshot)) = slot.as_ref() {
+            if position.live && *read_at == now {
                 return Ok(Arc::clone(snapshot));
             }
         }
@@ -153,8 +172,15 @@ impl Repo {
             items,
             position: position.token,
         });
-        *slot = Some((position.changes, Arc::clone(&snapshot)));
+        *slot = Some((now, Arc::clone(&snapshot)));
         Ok(snapshot)
+    }
+
+    /// The deployment's newest operation time, from a `ping`'s `operationTime` (replica sets
+    /// report it on every reply); `None` where it is not reported.
+    async fn operation_time(&self) -> Result<Option<Timestamp>, mongodb::error::Error> {
+        let reply = self.inner.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(reply.get_timestamp("operationTime").ok())
     }
 }
 

@@ -31,15 +31,17 @@ const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 const NON_RESUMABLE: &str = "NonResumableChangeStreamError";
 
-/// What a resume token points at.
+/// What a resume token points at. The discriminant is the token's last byte, so for one
+/// position the event sorts first, then its `invalidate`, then the high-water mark: a
+/// `postBatchResumeToken` never sorts below an event already returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TokenKind {
-    /// A high-water mark: every change up to the position has been seen; none need exist there.
-    HighWater = 0,
     /// The event recorded at the position.
     Event = 1,
     /// The `invalidate` that follows the event at the position.
     Invalidate = 2,
+    /// A high-water mark: every change up to the position has been seen; none need exist there.
+    HighWater = 3,
 }
 
 /// A decoded resume token.
@@ -69,9 +71,9 @@ impl ResumeToken {
         }
         let pos = u64::from_str_radix(&data[..16], 16).map_err(|_| bad())?;
         let kind = match u8::from_str_radix(&data[16..], 16).map_err(|_| bad())? {
-            0 => TokenKind::HighWater,
             1 => TokenKind::Event,
             2 => TokenKind::Invalidate,
+            3 => TokenKind::HighWater,
             _ => return Err(bad()),
         };
         Ok(Self { pos, kind })
@@ -601,6 +603,14 @@ mod tests {
         let data = |t: ResumeToken| t.to_document().get_str("_data").map(str::to_owned);
         assert!(data(a).ok() < data(b).ok());
         assert!(data(b).ok() < data(c).ok());
+        let mark = ResumeToken {
+            kind: TokenKind::HighWater,
+            ..a
+        };
+        assert!(
+            data(b).ok() < data(mark).ok(),
+            "a mark sorts after the events at its position"
+        );
     }
 
     #[test]
@@ -610,6 +620,7 @@ mod tests {
             Bson::Document(doc! { "_data": "xyz" }),
             Bson::Document(doc! { "_data": "60000000000000010G" }),
             Bson::Document(doc! { "_data": "600000000000000109" }),
+            Bson::Document(doc! { "_data": "600000000000000100" }),
         ] {
             let err = ResumeToken::parse(&bad).expect_err("malformed");
             assert_eq!(err.code, ErrorCode::BadValue);

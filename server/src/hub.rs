@@ -379,13 +379,19 @@ impl Hub {
         }
     }
 
-    /// Moves the position forward while idle (no change, so the cache stays valid).
+    /// Moves the position forward while idle (no change, so the cache stays valid); never
+    /// backwards, whatever the database reports.
     fn advance(&self, token: Option<&ResumeToken>) {
         if let Some(token) = token.and_then(token_text) {
             self.inner.position.send_if_modified(|p| {
-                let changed = p.token.as_deref() != Some(token.as_str());
-                p.token = Some(token);
-                changed
+                let forward = p
+                    .token
+                    .as_deref()
+                    .is_none_or(|current| token.as_str() > current);
+                if forward {
+                    p.token = Some(token);
+                }
+                forward
             });
         }
     }

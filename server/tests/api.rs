@@ -196,3 +196,46 @@ async fn unreachable_database_stops_start_up() {
         .expect_err("site address in use");
     assert_eq!(err.variable, "LEPTOS_SITE_ADDR");
 }
+
+/// A write acknowledged anywhere is in the very next response, even before the live feed has
+/// seen it (the cache checks the deployment's operation time).
+#[tokio::test]
+async fn reads_see_acknowledged_writes() {
+    let app = common::start().await;
+    for i in 0..20 {
+        let id = ObjectId::new();
+        app.users()
+            .insert_one(
+                doc! { "_id": id, "fname": "Read", "lname": "Write", "username": format!("rw{i}") },
+            )
+            .await
+            .expect("insert");
+        let (_, body) = get_json(&app.url("/api/users")).await;
+        let ids: Vec<&str> = body
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|u| u["id"].as_str())
+            .collect();
+        assert!(
+            ids.contains(&id.to_hex().as_str()),
+            "write {i} visible at once"
+        );
+        let html = reqwest::get(app.url("/"))
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("html");
+        assert!(
+            html.contains(&format!("Read Write - rw{i}")),
+            "write {i} in the page at once"
+        );
+    }
+    // Without writes, refetches are served from the snapshot: no further list reads.
+    let before = app.running.state.repo.reads();
+    for _ in 0..10 {
+        get_json(&app.url("/api/users")).await;
+    }
+    assert_eq!(app.running.state.repo.reads(), before);
+}

@@ -17,10 +17,16 @@ pub fn HomePage() -> impl IntoView {
     let devices = Resource::new_blocking(move || live.version(), |_| get_lock_devices());
     // Subscribe (in the browser only; effects do not run on the server) from the position the
     // server-rendered list was read at, so a change committed while the page loads still
-    // reaches it.
+    // reaches it. The subscription belongs to the page, not to the effect: the effect re-runs
+    // on every refetch, and its cleanup would close the stream.
+    let page = Owner::current().map(|owner| owner.downgrade());
     Effect::new(move |_| {
         if let Some(Ok(snapshot)) = users.get() {
-            live.start(snapshot.position.as_deref());
+            let start = || live.start(snapshot.position.as_deref());
+            match page.as_ref().and_then(WeakOwner::upgrade) {
+                Some(owner) => owner.with(start),
+                None => start(),
+            }
         }
     });
     view! {
