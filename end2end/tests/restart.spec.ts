@@ -53,6 +53,9 @@ test("the page reconnects by itself after the server restarts", async ({ browser
         page.locator(`li[data-testid=user][data-id="${user._id.toHexString()}"]`),
       ).toHaveText(userLine(user), { timeout: 2_000 });
       await expect(items).toHaveText([...before, userLine(user)]);
+      // The stream keeps going after the reconnect: a second change arrives too.
+      await users.deleteOne({ _id: user._id });
+      await expect(items).toHaveText(before, { timeout: 2_000 });
     } finally {
       await client.close();
     }
