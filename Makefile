@@ -54,10 +54,11 @@ build-site: tools npm-deps
 test-e2e: e2e-deps chromium
 	cd $(E2E) && npx playwright test
 
-## Formatting and lints, as CI checks them.
-lint:
+## Formatting and lints, as CI checks them: host crates, then the browser crates for wasm32.
+lint: wasm-target
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --exclude frontend --all-targets --locked -- -D warnings
+	cargo clippy -p frontend -p app --target wasm32-unknown-unknown --locked -- -D warnings
 
 ## Run the embedded database on its own (EMBEDDED_DB_ADDR, EMBEDDED_DB_PATH).
 db:
