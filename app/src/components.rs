@@ -1,5 +1,6 @@
 //! Components of the home page.
 
 pub mod device_panel;
+pub mod list_card;
 pub mod live_status;
 pub mod user_card;

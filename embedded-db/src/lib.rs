@@ -47,3 +47,28 @@ pub mod wire;
 pub use server::{
     Config, Server, StartError, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET,
 };
+
+/// Resolves on Ctrl-C or SIGTERM: the shutdown trigger of the `embedded-db` binary and of an
+/// application embedding the server.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -7,14 +7,13 @@
 //! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
 //! - `hub`: the one change stream and its fan-out to clients.
 //! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`.
-//! - `state`, `error`, `shutdown`: shared state, the error body, signals.
+//! - `state`, `error`: shared state, the error body.
 
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod hub;
 mod routes;
-pub mod shutdown;
 pub mod state;
 
 use std::net::SocketAddr;

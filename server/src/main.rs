@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
         Ok(running) => running,
         Err(e) => return fail(&e),
     };
-    server::shutdown::signal().await;
+    embedded_db::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
