@@ -2,18 +2,19 @@
 //!
 //! Every connected browser refetches after each change event. The lists are
 //! therefore served from a snapshot: after one event, the first refetch reads
-//! the database and every other refetch waits for it and reuses it, so N
-//! browsers cost one read per event, not N.
+//! the database and every other refetch reuses that read, so N browsers cost
+//! one read per event, not N.
 //!
-//! A snapshot is reused only while it is provably current: the live feed has
-//! seen no change since it was read, and the deployment's `operationTime`
-//! (asked with a `ping`, which reads no data) has not moved since either. The
-//! second check matters because the feed lags a write by a few milliseconds: a
-//! page requested right after a write elsewhere must already show it.
+//! A snapshot is reused only while it is provably current: it was read after
+//! the deployment's newest operation at the time the request arrived. That
+//! time is the `operationTime` of a `ping` (which reads no data) started after
+//! the request arrived; concurrent requests share one such `ping`. The feed
+//! alone would not do: it lags a write by a few milliseconds, and a page
+//! requested right after a write elsewhere must already show it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Database;
@@ -26,15 +27,14 @@ pub const USERS: &str = "users";
 /// Collection of devices.
 pub const DEVICES: &str = "devices";
 
-/// Where the live feed is: published by the change-stream hub, read by the cache.
+/// Where the live feed is: published by the change-stream hub.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamPosition {
     /// The newest event id (resume token) the feed has reached.
     pub token: Option<String>,
-    /// Changes (and resyncs) seen so far; the cache key.
+    /// Changes (and resyncs) seen so far.
     pub changes: u64,
-    /// Whether the change stream is open. While it is not, changes may go unseen, so the
-    /// cache is bypassed.
+    /// Whether the change stream is open.
     pub live: bool,
 }
 
@@ -48,40 +48,146 @@ pub struct Repo {
 struct Inner {
     db: Database,
     position: watch::Receiver<StreamPosition>,
+    clock: Clock,
     users: Cache<User>,
     devices: Cache<Device>,
     reads: AtomicU64,
 }
 
+/// One list's snapshot; the mutex makes concurrent misses wait for the one read in flight.
 #[derive(Debug)]
 struct Cache<T> {
-    /// The snapshot and what it was read at; the lock also makes concurrent misses wait for
-    /// the one read in flight.
-    slot: Mutex<Option<(ReadAt, Arc<Snapshot<T>>)>>,
-}
-
-/// When a snapshot was read: the feed's change count and the deployment's operation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReadAt {
-    changes: u64,
-    operation_time: Option<Timestamp>,
+    current: RwLock<Option<(Freshness, Arc<Snapshot<T>>)>>,
+    loading: Mutex<()>,
 }
 
 impl<T> Default for Cache<T> {
     fn default() -> Self {
         Self {
-            slot: Mutex::new(None),
+            current: RwLock::new(None),
+            loading: Mutex::new(()),
         }
     }
 }
 
+impl<T> Cache<T> {
+    /// The snapshot, when it is at least as new as `needed`.
+    fn get(&self, needed: Freshness) -> Option<Arc<Snapshot<T>>> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match current.as_ref() {
+            Some((read_at, snapshot)) if read_at.covers(needed) => Some(Arc::clone(snapshot)),
+            _ => None,
+        }
+    }
+
+    /// Keeps `snapshot` unless a newer one is already there.
+    fn put(&self, read_at: Freshness, snapshot: &Arc<Snapshot<T>>) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current
+            .as_ref()
+            .is_none_or(|(existing, _)| read_at.covers(*existing))
+        {
+            *current = Some((read_at, Arc::clone(snapshot)));
+        }
+    }
+}
+
+/// What a snapshot was read after: the deployment's operation time (where it reports one) and
+/// the feed's change count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Freshness {
+    operation_time: Option<Timestamp>,
+    changes: u64,
+}
+
+impl Freshness {
+    /// Whether data read at `self` includes everything committed by `other`.
+    fn covers(self, other: Self) -> bool {
+        match (self.operation_time, other.operation_time) {
+            (Some(mine), Some(theirs)) => {
+                (mine.time, mine.increment) >= (theirs.time, theirs.increment)
+            }
+            // Without operation times, only the feed tells what changed.
+            _ => self.changes >= other.changes,
+        }
+    }
+}
+
+/// The deployment's operation time, from `ping`s shared by concurrent callers.
+#[derive(Debug, Default)]
+struct Clock {
+    /// Sequence number the next `ping` will get.
+    next: AtomicU64,
+    /// Whether a `ping` is in flight.
+    running: AtomicBool,
+    /// (sequence of the newest finished `ping` + 1, its operation time).
+    done: watch::Sender<(u64, Option<Timestamp>)>,
+}
+
+impl Clock {
+    /// An operation time at least as new as every write committed before this call.
+    async fn now(&self, db: &Database) -> Result<Option<Timestamp>, mongodb::error::Error> {
+        // Only a ping started from here on can see every write committed before this call.
+        let wanted = self.next.load(Ordering::Acquire);
+        let mut done = self.done.subscribe();
+        loop {
+            let (finished, time) = *done.borrow_and_update();
+            if finished > wanted {
+                return Ok(time);
+            }
+            if self.running.swap(true, Ordering::AcqRel) {
+                // Someone else's ping is in flight: wait for it (or the one after it).
+                let _ = done.changed().await;
+                continue;
+            }
+            let seq = self.next.fetch_add(1, Ordering::AcqRel);
+            // Cleared however this ends (error, or the request dropped mid-ping), so waiters
+            // never wait on a ping nobody is running.
+            let running = RunningPing(self);
+            let time = db
+                .run_command(doc! { "ping": 1 })
+                .await?
+                .get_timestamp("operationTime")
+                .ok();
+            self.done.send_if_modified(|latest| {
+                let newer = seq + 1 > latest.0;
+                if newer {
+                    *latest = (seq + 1, time);
+                }
+                newer
+            });
+            drop(running);
+            if seq + 1 > wanted {
+                return Ok(time);
+            }
+        }
+    }
+}
+
+/// Marks a `ping` in flight; on drop, clears the mark and wakes the waiters.
+struct RunningPing<'a>(&'a Clock);
+
+impl Drop for RunningPing<'_> {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+        self.0.done.send_modify(|_| {});
+    }
+}
+
 impl Repo {
-    /// Reads from `db`, caching against the positions published on `position`.
+    /// Reads from `db`; `position` is the live feed's.
     pub fn new(db: Database, position: watch::Receiver<StreamPosition>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,
                 position,
+                clock: Clock::default(),
                 users: Cache::default(),
                 devices: Cache::default(),
                 reads: AtomicU64::new(0),
@@ -151,36 +257,28 @@ impl Repo {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<T>, mongodb::error::Error>>,
     {
-        // Asked before the lock and before any read: whatever was committed when this request
-        // began is at or before this time.
-        let operation_time = self.operation_time().await?;
-        let mut slot = cache.slot.lock().await;
-        // Taken before the read: the list read next is at least as new as this position.
-        let position = self.inner.position.borrow().clone();
-        let now = ReadAt {
-            changes: position.changes,
-            operation_time,
+        let needed = Freshness {
+            operation_time: self.inner.clock.now(&self.inner.db).await?,
+            changes: self.inner.position.borrow().changes,
         };
-        if let Some((read_at, snapshot)) = slot.as_ref() {
-            if position.live && *read_at == now {
-                return Ok(Arc::clone(snapshot));
-            }
+        if let Some(snapshot) = cache.get(needed) {
+            return Ok(snapshot);
         }
+        let _loading = cache.loading.lock().await;
+        // Another request may have read while this one waited.
+        if let Some(snapshot) = cache.get(needed) {
+            return Ok(snapshot);
+        }
+        // Taken before the read: the list read next is at least as new as this position.
+        let token = self.inner.position.borrow().token.clone();
         let items = load().await?;
         self.inner.reads.fetch_add(1, Ordering::Relaxed);
         let snapshot = Arc::new(Snapshot {
             items,
-            position: position.token,
+            position: token,
         });
-        *slot = Some((now, Arc::clone(&snapshot)));
+        cache.put(needed, &snapshot);
         Ok(snapshot)
-    }
-
-    /// The deployment's newest operation time, from a `ping`'s `operationTime` (replica sets
-    /// report it on every reply); `None` where it is not reported.
-    async fn operation_time(&self) -> Result<Option<Timestamp>, mongodb::error::Error> {
-        let reply = self.inner.db.run_command(doc! { "ping": 1 }).await?;
-        Ok(reply.get_timestamp("operationTime").ok())
     }
 }
 
@@ -204,6 +302,44 @@ fn text(doc: &Document, key: &str) -> String {
 mod tests {
     use super::*;
     use mongodb::bson::oid::ObjectId;
+
+    fn at(time: u32, increment: u32, changes: u64) -> Freshness {
+        Freshness {
+            operation_time: Some(Timestamp { time, increment }),
+            changes,
+        }
+    }
+
+    #[test]
+    fn freshness_compares_operation_times_then_changes() {
+        assert!(at(10, 2, 0).covers(at(10, 1, 5)));
+        assert!(at(10, 1, 0).covers(at(10, 1, 0)));
+        assert!(!at(10, 1, 9).covers(at(11, 0, 0)));
+        let blind = |changes| Freshness {
+            operation_time: None,
+            changes,
+        };
+        assert!(blind(3).covers(blind(3)));
+        assert!(!blind(3).covers(blind(4)));
+    }
+
+    #[test]
+    fn cache_keeps_the_newest_snapshot() {
+        let cache: Cache<u8> = Cache::default();
+        let snapshot = |n| {
+            Arc::new(Snapshot {
+                items: vec![n],
+                position: None,
+            })
+        };
+        cache.put(at(10, 5, 0), &snapshot(1));
+        cache.put(at(10, 4, 0), &snapshot(2));
+        assert_eq!(
+            cache.get(at(10, 5, 0)).map(|s| s.items.clone()),
+            Some(vec![1])
+        );
+        assert!(cache.get(at(10, 6, 0)).is_none(), "a newer request misses");
+    }
 
     #[test]
     fn ids_and_fields_tolerate_other_shapes() {

@@ -2,7 +2,7 @@
 //! kept between `getMore`s under an Int64 id.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,21 @@ impl Cursor {
 #[derive(Debug)]
 pub(crate) struct Cursors {
     open: Mutex<HashMap<i64, Cursor>>,
+    /// Cursors taken out by a `getMore` in progress (still open, as `serverStatus` counts them).
+    in_use: AtomicUsize,
     next_id: AtomicI64,
+}
+
+/// Held while a `getMore` works on a cursor it took out: the cursor still counts as open.
+#[derive(Debug)]
+pub(crate) struct InUse<'a> {
+    cursors: &'a Cursors,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.cursors.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Cursors {
@@ -63,6 +77,7 @@ impl Default for Cursors {
             .unwrap_or(1 << 24);
         Self {
             open: Mutex::new(HashMap::new()),
+            in_use: AtomicUsize::new(0),
             next_id: AtomicI64::new(seed.max(1)),
         }
     }
@@ -83,9 +98,12 @@ impl Cursors {
         id
     }
 
-    /// Takes the cursor out for a `getMore`; put it back with [`Cursors::restore`].
-    pub(crate) fn take(&self, id: i64) -> Option<Cursor> {
-        self.lock().remove(&id)
+    /// Takes the cursor out for a `getMore`; put it back with [`Cursors::restore`] (or not, to
+    /// close it) before dropping the [`InUse`] guard.
+    pub(crate) fn take(&self, id: i64) -> Option<(Cursor, InUse<'_>)> {
+        let cursor = self.lock().remove(&id)?;
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        Some((cursor, InUse { cursors: self }))
     }
 
     /// Returns a cursor after a `getMore` that did not exhaust it.
@@ -108,9 +126,9 @@ impl Cursors {
         before - open.len()
     }
 
-    /// Number of open cursors.
+    /// Number of open cursors, including those a `getMore` is working on.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().len() + self.in_use.load(Ordering::Relaxed)
     }
 }
 
@@ -133,8 +151,10 @@ mod tests {
         assert_eq!(killed, vec![a]);
         assert_eq!(missing, vec![42]);
         assert!(cursors.take(a).is_none());
-        let cursor = cursors.take(b).expect("open");
+        let (cursor, in_use) = cursors.take(b).expect("open");
+        assert_eq!(cursors.len(), 1, "a cursor in a getMore is still open");
         cursors.restore(b, cursor);
+        drop(in_use);
         assert_eq!(cursors.len(), 1);
         assert_eq!(cursors.reap(Duration::ZERO), 1);
         assert_eq!(cursors.len(), 0);

@@ -517,3 +517,36 @@ async fn unusable_tokens_fail_with_codes() {
         .expect_err("not first");
     assert_eq!(common::code_of(&err), Some(40602));
 }
+
+/// A stream waiting in a `getMore` still counts as an open cursor in `serverStatus`.
+#[tokio::test]
+async fn waiting_stream_counts_as_open_cursor() {
+    let server = common::start().await;
+    let coll = server.db().collection::<Document>("counted");
+    let mut stream = coll
+        .watch()
+        .max_await_time(Duration::from_secs(5))
+        .await
+        .expect("watch");
+    let waiter =
+        tokio::spawn(async move { stream.next().await.map(|e| e.map(|e| e.operation_type)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = server
+        .client
+        .database("admin")
+        .run_command(doc! { "serverStatus": 1 })
+        .await
+        .expect("serverStatus");
+    let open = status
+        .get_document("metrics")
+        .and_then(|m| m.get_document("cursor"))
+        .and_then(|c| c.get_document("open"))
+        .and_then(|o| o.get_i64("total"));
+    assert_eq!(open, Ok(1));
+    coll.insert_one(doc! { "_id": 1 }).await.expect("insert");
+    let event = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken")
+        .expect("task");
+    assert!(matches!(event, Some(Ok(OperationType::Insert))));
+}

@@ -130,7 +130,8 @@ pub async fn start(
     };
     let app = router(state.clone());
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+        // A make-service clones the router (an Arc) per connection instead of rebuilding it.
+        let served = axum::serve(listener, app.into_make_service())
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = served {

@@ -109,7 +109,7 @@ pub(super) async fn get_more(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
     };
     let batch_size = opt_count(&req.body, "batchSize")?.filter(|n| *n > 0);
     let max_time = opt_count(&req.body, "maxTimeMS")?.map(|ms| Duration::from_millis(ms as u64));
-    let Some(mut cursor) = db.cursors.take(id) else {
+    let Some((mut cursor, _in_use)) = db.cursors.take(id) else {
         return Err(CommandError::new(
             ErrorCode::CursorNotFound,
             format!("cursor id {id} not found"),
