@@ -27,7 +27,7 @@ E2E := end2end
 CARGO_TEST_ENV := RUSTFLAGS="--cfg erase_components" LEPTOS_OUTPUT_NAME=realtime
 
 .PHONY: run test test-rust test-e2e build-site tools wasm-target cargo-leptos wasm-bindgen \
-	npm-deps e2e-deps chromium lint db bench node-deps py-deps
+	npm-deps e2e-deps chromium lint db bench bench-app node-deps py-deps
 
 ## Install the tools, build, serve http://127.0.0.1:3000 on the embedded database (./data/db).
 run: tools npm-deps
@@ -63,6 +63,10 @@ lint: wasm-target
 ## Run the embedded database on its own (EMBEDDED_DB_ADDR, EMBEDDED_DB_PATH).
 db:
 	cargo run --release --locked -p embedded-db
+
+## Print the live feed's load figures: 1,000 event streams, 100 changes (release build).
+bench-app:
+	cargo bench --locked -p server --bench load
 
 ## Print the embedded database's throughput and latency figures (release build).
 bench:
