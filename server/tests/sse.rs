@@ -389,3 +389,82 @@ async fn dropped_collection_resyncs_clients() {
         Some(1)
     );
 }
+
+/// When the database restarts, the hub reopens its change stream from its last token (`/readyz`
+/// says 503 meanwhile), and an open client stream carries on without losing a change.
+#[tokio::test]
+async fn database_restart_is_survived() {
+    let db_dir = tempfile::tempdir().expect("temp dir");
+    let settings = embedded_db::Config::new("127.0.0.1:0".parse().expect("address"), db_dir.path());
+    let database = embedded_db::Server::start(settings.clone())
+        .await
+        .expect("database");
+    let db_addr = database.local_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.mongo_uri = Some(format!(
+        "mongodb://{db_addr}/?directConnection=true&serverSelectionTimeoutMS=500"
+    ));
+    let running = server::start(config, common::leptos_options())
+        .await
+        .expect("server");
+    let base = format!("http://{}", running.addr);
+    let mut reader = SseReader::open(&format!("{base}/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+
+    database.shutdown().await;
+    let ready = |base: String| async move {
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let mut status = 200;
+    for _ in 0..50 {
+        status = ready(base.clone()).await;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503, "readyz reports the outage");
+
+    let database = embedded_db::Server::start(embedded_db::Config {
+        addr: db_addr,
+        ..settings
+    })
+    .await
+    .expect("database restarts on the same address and data");
+    let client =
+        mongodb::Client::with_uri_str(format!("mongodb://{db_addr}/?directConnection=true"))
+            .await
+            .expect("client");
+    let id = ObjectId::new();
+    client
+        .database("realtime")
+        .collection::<Document>("users")
+        .insert_one(doc! { "_id": id, "fname": "After", "lname": "Restart", "username": "ar" })
+        .await
+        .expect("insert");
+    let message = reader.next_message().await;
+    assert_eq!(
+        json(&message)["id"],
+        id.to_hex(),
+        "the change after the restart arrives"
+    );
+    for _ in 0..50 {
+        status = ready(base.clone()).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "ready again");
+    assert!(
+        running.state.hub.streams_opened() >= 2,
+        "the stream was reopened"
+    );
+    running.shutdown().await;
+    client.shutdown().await;
+    database.shutdown().await;
+}
