@@ -25,6 +25,15 @@ async fn next(stream: &mut Stream) -> ChangeStreamEvent<Document> {
         .expect("event")
 }
 
+/// The next item, which must be an error, failing the test instead of hanging.
+async fn next_error(stream: &mut Stream) -> mongodb::error::Error {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("answer within 10 s")
+        .expect("stream open")
+        .expect_err("an error")
+}
+
 /// Insert, update, replace and delete events carry MongoDB's fields.
 #[tokio::test]
 async fn collection_stream_event_shapes() {
@@ -222,11 +231,7 @@ async fn full_document_modes() {
         .update_one(doc! { "_id": 1 }, doc! { "$inc": { "n": 1 } })
         .await
         .expect("update");
-    let err = tokio::time::timeout(Duration::from_secs(10), required.next())
-        .await
-        .expect("answer")
-        .expect("item")
-        .expect_err("post-image required but not kept");
+    let err = next_error(&mut required).await;
     assert_eq!(common::code_of(&err), Some(280));
 
     db.run_command(
@@ -371,11 +376,7 @@ async fn pipeline_filters_and_token_advances() {
         .await
         .expect("watch");
     coll.insert_one(doc! { "_id": 2 }).await.expect("insert");
-    let err = tokio::time::timeout(Duration::from_secs(10), projected.next())
-        .await
-        .expect("answer")
-        .expect("item")
-        .expect_err("_id removed");
+    let err = next_error(&mut projected).await;
     assert_eq!(common::code_of(&err), Some(280));
 }
 
