@@ -20,6 +20,9 @@ use serde::Deserialize;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
+use app::repo::StreamPosition;
+use tokio::sync::watch;
+
 use crate::hub::{LiveEvent, Subscription};
 use crate::state::AppState;
 
@@ -68,8 +71,9 @@ async fn sse(
         .or(query.last_event_id)
         .filter(|id| !id.is_empty());
     let hub = state.hub.clone();
+    let position = state.hub.position();
     let events = stream::once(async move { hub.subscribe(last_event_id.as_deref()).await })
-        .flat_map(client_events)
+        .flat_map(move |subscription| client_events(subscription, position.clone()))
         // The guard lives as long as the stream: dropping the response frees the slot.
         .map(move |event| {
             let _ = &guard;
@@ -97,8 +101,12 @@ fn event_stream(body: stream::BoxStream<'static, EventResult>, state: &AppState)
 }
 
 /// The backlog, then live changes (skipping those already in the backlog); a client that fell
-/// a whole buffer behind gets `resync` and the stream ends.
-fn client_events(subscription: Subscription) -> impl Stream<Item = EventResult> {
+/// a whole buffer behind gets `resync` (its id the feed's current position, so a reconnect does
+/// not replay what the refetch already covers) and the stream ends.
+fn client_events(
+    subscription: Subscription,
+    position: watch::Receiver<StreamPosition>,
+) -> impl Stream<Item = EventResult> {
     let Subscription {
         backlog,
         live,
@@ -128,8 +136,11 @@ fn client_events(subscription: Subscription) -> impl Stream<Item = EventResult> 
                     }
                     (event, _) => Some(Ok(to_sse(event))),
                 },
-                // Cut off: tell it to refetch everything when it comes back.
-                None => Some(Ok(Event::default().event("resync").data("{}"))),
+                // Cut off: tell it to refetch everything.
+                None => {
+                    let token = position.borrow().token.clone().unwrap_or_default();
+                    Some(Ok(to_sse(&LiveEvent::Resync { token })))
+                }
             };
             futures::future::ready(out)
         });
