@@ -39,9 +39,7 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
     let (uri, variable, embedded) = match &config.mongo_uri {
         Some(uri) => (uri.clone(), "MONGO_URI", None),
         None => {
-            let mut settings =
-                embedded_db::Config::new(config.embedded_addr, &config.embedded_path);
-            settings.advertised_host = None;
+            let settings = embedded_db::Config::new(config.embedded_addr, &config.embedded_path);
             let server = embedded_db::Server::start(settings)
                 .await
                 .map_err(|e| match e {
