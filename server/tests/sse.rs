@@ -468,3 +468,83 @@ async fn database_restart_is_survived() {
     client.shutdown().await;
     database.shutdown().await;
 }
+
+/// When the database comes back without the hub's position in its history (trimmed while the
+/// hub was cut off), the hub starts a fresh stream and every client gets `resync`.
+#[tokio::test]
+async fn lost_history_resyncs_every_client() {
+    let db_dir = tempfile::tempdir().expect("temp dir");
+    let settings = embedded_db::Config {
+        history: 3,
+        ..embedded_db::Config::new("127.0.0.1:0".parse().expect("address"), db_dir.path())
+    };
+    let database = embedded_db::Server::start(settings.clone())
+        .await
+        .expect("database");
+    let db_addr = database.local_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.mongo_uri = Some(format!(
+        "mongodb://{db_addr}/?directConnection=true&serverSelectionTimeoutMS=500"
+    ));
+    let running = server::start(config, common::leptos_options())
+        .await
+        .expect("server");
+    let mut reader = SseReader::open(&format!("http://{}/api/sse", running.addr), &[]).await;
+    common::settle(&mut reader).await;
+    let writer = |addr: std::net::SocketAddr| async move {
+        mongodb::Client::with_uri_str(format!("mongodb://{addr}/?directConnection=true"))
+            .await
+            .expect("client")
+    };
+    let client = writer(db_addr).await;
+    let users = client.database("realtime").collection::<Document>("users");
+    users
+        .insert_one(doc! { "fname": "a", "lname": "b", "username": "c" })
+        .await
+        .expect("insert");
+    assert!(
+        reader.next_message().await.id.is_some(),
+        "the hub is at that change"
+    );
+    client.shutdown().await;
+    database.shutdown().await;
+
+    // While the hub cannot reach it, the same data is written through another address until
+    // the hub's position falls out of the 3-entry history.
+    let elsewhere = embedded_db::Server::start(embedded_db::Config {
+        addr: "127.0.0.1:0".parse().expect("address"),
+        ..settings.clone()
+    })
+    .await
+    .expect("same data, other address");
+    let client = writer(elsewhere.local_addr()).await;
+    let users = client.database("realtime").collection::<Document>("users");
+    for i in 0..10 {
+        users
+            .insert_one(doc! { "fname": "x", "lname": "y", "username": format!("z{i}") })
+            .await
+            .expect("insert");
+    }
+    client.shutdown().await;
+    elsewhere.shutdown().await;
+
+    let database = embedded_db::Server::start(embedded_db::Config {
+        addr: db_addr,
+        ..settings
+    })
+    .await
+    .expect("database back on its address");
+    let resync = reader.next_message().await;
+    assert_eq!(
+        resync.event.as_deref(),
+        Some("resync"),
+        "history lost: the client must refetch"
+    );
+    assert!(
+        running.state.hub.wait_open(Duration::from_secs(10)).await,
+        "a fresh stream is open"
+    );
+    running.shutdown().await;
+    database.shutdown().await;
+}

@@ -137,13 +137,13 @@ impl SseReader {
         }
     }
 
-    /// The next block that is a message (`data:`), skipping `retry:` and comments.
+    /// The next block that is a message (`data:`), skipping `retry:` and comments; fails the
+    /// test when none comes within 10 s (heartbeats do not count).
     pub async fn next_message(&mut self) -> SseEvent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let event = self
-                .next_within(Duration::from_secs(10))
-                .await
-                .expect("a message within 10 s");
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next_within(left).await.expect("a message within 10 s");
             if event.data.is_some() {
                 return event;
             }
