@@ -98,12 +98,7 @@ async fn other_methods_are_not_allowed() {
 #[tokio::test]
 async fn page_is_server_rendered_with_users() {
     let app = common::start().await;
-    let html = reqwest::get(app.url("/"))
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let html = app.page().await;
     for line in [
         "Ada Lovelace - ada",
         "Grace Hopper - grace",
@@ -141,27 +136,10 @@ async fn database_failure_is_a_500() {
     ))
     .await
     .expect("database");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = common::config(&dir);
-    config.mongo_uri = Some(format!(
-        "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=300",
-        database.local_addr()
-    ));
-    let running = server::start(config, common::leptos_options())
-        .await
-        .expect("server");
-    let base = format!("http://{}", running.addr);
+    let (running, base) = common::start_against(database.local_addr()).await;
     assert_eq!(get_json(&format!("{base}/api/users")).await.0, 200);
     database.shutdown().await;
-    let mut ready = 200;
-    for _ in 0..50 {
-        ready = get_json(&format!("{base}/readyz")).await.0;
-        if ready == 503 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(ready, 503);
+    assert_eq!(common::wait_ready(&base, 503).await, 503);
     for path in ["/api/users", "/api/lockDevices"] {
         let (status, body) = get_json(&format!("{base}{path}")).await;
         assert_eq!(status, 500, "{path}");
@@ -221,12 +199,7 @@ async fn reads_see_acknowledged_writes() {
             ids.contains(&id.to_hex().as_str()),
             "write {i} visible at once"
         );
-        let html = reqwest::get(app.url("/"))
-            .await
-            .expect("page")
-            .text()
-            .await
-            .expect("html");
+        let html = app.page().await;
         assert!(
             html.contains(&format!("Read Write - rw{i}")),
             "write {i} in the page at once"

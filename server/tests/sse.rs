@@ -400,34 +400,16 @@ async fn database_restart_is_survived() {
         .await
         .expect("database");
     let db_addr = database.local_addr();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = common::config(&dir);
-    config.mongo_uri = Some(format!(
-        "mongodb://{db_addr}/?directConnection=true&serverSelectionTimeoutMS=500"
-    ));
-    let running = server::start(config, common::leptos_options())
-        .await
-        .expect("server");
-    let base = format!("http://{}", running.addr);
+    let (running, base) = common::start_against(db_addr).await;
     let mut reader = SseReader::open(&format!("{base}/api/sse"), &[]).await;
     common::settle(&mut reader).await;
 
     database.shutdown().await;
-    let ready = |base: String| async move {
-        reqwest::get(format!("{base}/readyz"))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
-    let mut status = 200;
-    for _ in 0..50 {
-        status = ready(base.clone()).await;
-        if status == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 503, "readyz reports the outage");
+    assert_eq!(
+        common::wait_ready(&base, 503).await,
+        503,
+        "readyz reports the outage"
+    );
 
     let database = embedded_db::Server::start(embedded_db::Config {
         addr: db_addr,
@@ -452,14 +434,7 @@ async fn database_restart_is_survived() {
         id.to_hex(),
         "the change after the restart arrives"
     );
-    for _ in 0..50 {
-        status = ready(base.clone()).await;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 200, "ready again");
+    assert_eq!(common::wait_ready(&base, 200).await, 200, "ready again");
     assert!(
         running.state.hub.streams_opened() >= 2,
         "the stream was reopened"
@@ -482,15 +457,8 @@ async fn lost_history_resyncs_every_client() {
         .await
         .expect("database");
     let db_addr = database.local_addr();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = common::config(&dir);
-    config.mongo_uri = Some(format!(
-        "mongodb://{db_addr}/?directConnection=true&serverSelectionTimeoutMS=500"
-    ));
-    let running = server::start(config, common::leptos_options())
-        .await
-        .expect("server");
-    let mut reader = SseReader::open(&format!("http://{}/api/sse", running.addr), &[]).await;
+    let (running, base) = common::start_against(db_addr).await;
+    let mut reader = SseReader::open(&format!("{base}/api/sse"), &[]).await;
     common::settle(&mut reader).await;
     let writer = |addr: std::net::SocketAddr| async move {
         mongodb::Client::with_uri_str(format!("mongodb://{addr}/?directConnection=true"))

@@ -35,6 +35,16 @@ impl App {
         format!("{}{path}", self.base)
     }
 
+    /// The server-rendered HTML of `/`.
+    pub async fn page(&self) -> String {
+        reqwest::get(self.url("/"))
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("html")
+    }
+
     /// Stops the server and returns its data directory (to restart on it).
     pub async fn stop(self) -> TempDir {
         self.client.shutdown().await;
@@ -196,4 +206,34 @@ pub async fn settle(reader: &mut SseReader) {
         .await
         .is_some()
     {}
+}
+
+/// Starts the app against a database it does not own (`MONGO_URI`), failing fast while that
+/// database is down. Returns the running app and its base URL.
+pub async fn start_against(db_addr: std::net::SocketAddr) -> (Running, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(&dir);
+    config.mongo_uri = Some(format!(
+        "mongodb://{db_addr}/?directConnection=true&serverSelectionTimeoutMS=500"
+    ));
+    let running = server::start(config, leptos_options())
+        .await
+        .expect("server");
+    let base = format!("http://{}", running.addr);
+    (running, base)
+}
+
+/// Polls `GET {base}/readyz` (up to 5 s) until it answers `wanted`; returns the last status.
+pub async fn wait_ready(base: &str, wanted: u16) -> u16 {
+    let mut status = 0;
+    for _ in 0..50 {
+        status = reqwest::get(format!("{base}/readyz"))
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        if status == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
 }
