@@ -1,6 +1,6 @@
 //! Command dispatch: the first key of an OP_MSG body names the command.
 //!
-//! Commands are grouped by area, one file each (`admin`, `query`, `write`,
+//! Commands are grouped by area, one file each (`admin`, `read`, `write`,
 //! `catalog`, `aggregate`); this file holds the one dispatch table and the
 //! argument helpers they share. Every failure becomes a MongoDB error
 //! document; nothing a client sends can panic or close the connection here.
@@ -8,7 +8,7 @@
 mod admin;
 mod aggregate;
 mod catalog;
-mod query;
+mod read;
 mod write;
 
 use std::sync::Arc;
@@ -150,12 +150,12 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
         "collMod" => catalog::coll_mod(db, &req).await,
         "collStats" => catalog::coll_stats(db, &req).await,
         "connectionStatus" => Ok(admin::connection_status(&req)),
-        "count" => query::count(db, &req).await,
+        "count" => read::count(db, &req).await,
         "create" => catalog::create(db, &req).await,
         "createIndexes" => catalog::create_indexes(db, &req).await,
         "dbStats" => catalog::db_stats(db, &req).await,
         "delete" => write::delete(db, &req).await,
-        "distinct" => query::distinct(db, &req).await,
+        "distinct" => read::distinct(db, &req).await,
         "drop" => catalog::drop(db, &req).await,
         "dropDatabase" => catalog::drop_database(db, &req).await,
         "dropIndexes" | "deleteIndexes" => catalog::drop_indexes(db, &req).await,
@@ -164,17 +164,17 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
         | "killAllSessionsByPattern"
         | "killSessions"
         | "refreshSessions" => Ok(Document::new()),
-        "find" => query::find(db, &req).await,
+        "find" => read::find(db, &req).await,
         "findAndModify" | "findandmodify" => write::find_and_modify(db, &req).await,
         "getCmdLineOpts" => Ok(admin::cmd_line_opts(db)),
         "getLog" => admin::get_log(&req),
-        "getMore" => query::get_more(db, &req).await,
+        "getMore" => read::get_more(db, &req).await,
         "getParameter" => admin::get_parameter(&req),
         // `hello` is current; `isMaster` is what the Rust driver sends first, `ismaster` Node and pymongo.
         "hello" | "isMaster" | "ismaster" => Ok(admin::hello(db, req.conn, &req.body, &name)),
         "hostInfo" => Ok(admin::host_info()),
         "insert" => write::insert(db, &req).await,
-        "killCursors" => query::kill_cursors(db, &req),
+        "killCursors" => read::kill_cursors(db, &req),
         "listCollections" => catalog::list_collections(db, &req).await,
         "listCommands" => Ok(admin::list_commands()),
         "listDatabases" => catalog::list_databases(db, &req).await,

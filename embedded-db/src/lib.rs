@@ -23,11 +23,14 @@
 //! - [`wire`]: bytes ↔ OP_MSG / OP_QUERY requests and OP_MSG / OP_REPLY replies (no I/O).
 //! - `connection`: a socket with a read buffer, reading whole frames.
 //! - `server`: the listener, one task per connection, graceful shutdown.
-//! - `cmd`: the dispatch table and the commands, one file per area.
-//! - `query`: filters, projections, sorting, update operators, aggregation stages.
+//! - `cmd`: the dispatch table and the commands, one file per area (`read` holds the
+//!   query commands, `write` the write commands).
+//! - `query`: filters, projections, sorting, update operators (`update/`: parsing,
+//!   positional paths, application, array operators), aggregation stages.
 //! - `changes`: change streams, resume tokens and event documents.
 //! - `cursor`: open cursors between `getMore`s.
-//! - `storage`: redb tables, the group-commit writer thread and the change log.
+//! - `storage`: the redb tables (`schema`), the change log (`changelog`), the group-commit
+//!   writer thread (`writer`), snapshot reads (`read`) and transactional writes (`write`).
 //! - `keys`: the order-preserving key encoding behind `_id` and unique indexes.
 //! - [`error`]: MongoDB error codes and error documents.
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bson::{Bson, Document};
 
-use super::{cursor_reply, first_batch, opt_count, opt_document, query::matching, Request};
+use super::{cursor_reply, first_batch, opt_count, opt_document, read::matching, Request};
 use crate::changes::{ChangeStream, Scope};
 use crate::cursor::{Cursor, CursorKind};
 use crate::db::Db;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bson::{doc, oid::ObjectId, Bson, Document};
 
-use super::query::order_and_cut;
+use super::read::order_and_cut;
 use super::{documents_arg, opt_bool, opt_document, Request};
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult};
@@ -204,7 +204,7 @@ fn run_update(
     let existing = ctx.collection(ns)?;
     let targets = match &existing {
         Some(meta) => {
-            let matched = super::query::matching(ctx, meta, &plan.filter)?;
+            let matched = super::read::matching(ctx, meta, &plan.filter)?;
             let limit = (!plan.multi).then_some(1);
             order_and_cut(matched, plan.sort.as_ref(), 0, limit)
         }
@@ -354,7 +354,7 @@ fn run_delete(ctx: &mut WriteCtx<'_>, ns: &Namespace, statement: &Document) -> C
     let Some(meta) = ctx.collection(ns)? else {
         return Ok(0);
     };
-    let targets = order_and_cut(super::query::matching(ctx, &meta, &filter)?, None, 0, limit);
+    let targets = order_and_cut(super::read::matching(ctx, &meta, &filter)?, None, 0, limit);
     let mut n = 0;
     for doc in &targets {
         ctx.delete(ns, &meta, doc)?;
@@ -414,7 +414,7 @@ pub(super) async fn find_and_modify(db: &Arc<Db>, req: &Request<'_>) -> CommandR
                 None => {
                     let removed = match ctx.collection(&ns)? {
                         Some(meta) => {
-                            let matched = super::query::matching(ctx, &meta, &filter)?;
+                            let matched = super::read::matching(ctx, &meta, &filter)?;
                             let first = order_and_cut(matched, sort.as_ref(), 0, Some(1)).pop();
                             if let Some(doc) = &first {
                                 ctx.delete(&ns, &meta, doc)?;

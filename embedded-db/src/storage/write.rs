@@ -1,0 +1,370 @@
+//! Write access inside one group-commit transaction: collections, documents, index keys
+//! and change records.
+
+use std::cell::Cell;
+
+use bson::{doc, Bson, Document};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+
+use super::changelog::{ChangeRecord, Position};
+use super::read::Snapshot;
+use super::schema::{
+    duplicate_key, encode_document, id_to_key, index_keys, CollectionMeta, IndexMeta, CATALOG,
+    CHANGES, DOCUMENTS, UNIQUE_KEYS,
+};
+use super::writer::{storage_error, Counters};
+use crate::error::{CommandError, CommandResult, ErrorCode};
+use crate::keys;
+use crate::namespace::Namespace;
+
+/// Write access inside one group-commit transaction.
+pub(crate) struct WriteCtx<'t> {
+    pub(super) txn: &'t WriteTransaction,
+    pub(super) counters: Counters,
+    /// The wall-clock time of this transaction (`wallTime` of its change events).
+    pub(super) wall: bson::DateTime,
+    /// Set when a storage call failed: the transaction will be aborted.
+    pub(super) failed: Cell<bool>,
+    /// Change records of this transaction, published to readers after commit.
+    pub(super) written: Vec<(Position, Document)>,
+}
+
+impl WriteCtx<'_> {
+    /// Maps a storage failure to a client error and marks the transaction for abort.
+    pub(super) fn fail(&self, e: impl std::fmt::Display) -> CommandError {
+        self.failed.set(true);
+        storage_error(e)
+    }
+
+    /// The wall-clock time of this transaction.
+    pub(crate) fn now(&self) -> bson::DateTime {
+        self.wall
+    }
+
+    fn next_id(&mut self) -> i64 {
+        let id = self.counters.next_id;
+        self.counters.next_id += 1;
+        i64::try_from(id).unwrap_or(i64::MAX)
+    }
+
+    /// Creates the collection; `NamespaceExists` (48) if it already exists.
+    pub(crate) fn create_collection(
+        &mut self,
+        ns: &Namespace,
+        options: Document,
+    ) -> CommandResult<CollectionMeta> {
+        if self.collection(ns)?.is_some() {
+            return Err(CommandError::new(
+                ErrorCode::NamespaceExists,
+                format!("Collection {ns} already exists."),
+            ));
+        }
+        let meta = CollectionMeta {
+            id: self.next_id(),
+            uuid: bson::Uuid::new(),
+            options,
+            indexes: Vec::new(),
+        };
+        self.save_collection(ns, &meta)?;
+        Ok(meta)
+    }
+
+    /// The collection, created with default options when missing (implicit creation on write).
+    pub(crate) fn ensure_collection(&mut self, ns: &Namespace) -> CommandResult<CollectionMeta> {
+        match self.collection(ns)? {
+            Some(meta) => Ok(meta),
+            None => self.create_collection(ns, Document::new()),
+        }
+    }
+
+    /// Stores a changed catalog entry (indexes, options).
+    pub(crate) fn save_collection(
+        &mut self,
+        ns: &Namespace,
+        meta: &CollectionMeta,
+    ) -> CommandResult<()> {
+        let bytes = bson::to_vec(meta).map_err(|e| self.fail(e))?;
+        let mut table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
+        table
+            .insert(ns.key().as_str(), bytes.as_slice())
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Drops the collection with its documents and index keys, recording a `drop` change.
+    /// Returns the dropped entry, or `None` when there was no such collection.
+    pub(crate) fn drop_collection(
+        &mut self,
+        ns: &Namespace,
+    ) -> CommandResult<Option<CollectionMeta>> {
+        let Some(meta) = self.collection(ns)? else {
+            return Ok(None);
+        };
+        {
+            let mut catalog = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
+            catalog
+                .remove(ns.key().as_str())
+                .map_err(|e| self.fail(e))?;
+        }
+        self.clear_range(DOCUMENTS, meta.key_prefix())?;
+        for index in &meta.indexes {
+            self.clear_range(UNIQUE_KEYS, id_to_key(index.id))?;
+        }
+        self.record(&ChangeRecord::Drop { ns: ns.clone() })?;
+        Ok(Some(meta))
+    }
+
+    fn clear_range(
+        &self,
+        def: TableDefinition<'_, (u64, &[u8]), &[u8]>,
+        prefix: u64,
+    ) -> CommandResult<()> {
+        let mut table = self.txn.open_table(def).map_err(|e| self.fail(e))?;
+        let empty: &[u8] = &[];
+        table
+            .retain_in((prefix, empty)..(prefix + 1, empty), |_, _| false)
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Renames a collection (documents keep their key prefix), recording a `rename` change.
+    pub(crate) fn rename_collection(
+        &mut self,
+        from: &Namespace,
+        to: &Namespace,
+        meta: &CollectionMeta,
+    ) -> CommandResult<()> {
+        {
+            let mut catalog = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
+            catalog
+                .remove(from.key().as_str())
+                .map_err(|e| self.fail(e))?;
+        }
+        self.save_collection(to, meta)?;
+        self.record(&ChangeRecord::Rename {
+            from: from.clone(),
+            to: to.clone(),
+        })
+    }
+
+    /// Inserts a new document (its `_id` must be set), enforcing the `_id` and unique indexes,
+    /// and records an `insert` change.
+    pub(crate) fn insert(
+        &mut self,
+        ns: &Namespace,
+        meta: &CollectionMeta,
+        doc: Document,
+    ) -> CommandResult<()> {
+        let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+        let id_key = keys::encode(&id);
+        let bytes = encode_document(&doc)?;
+        {
+            let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+            if table
+                .get((meta.key_prefix(), id_key.as_slice()))
+                .map_err(|e| self.fail(e))?
+                .is_some()
+            {
+                return Err(duplicate_key(
+                    ns,
+                    "_id_",
+                    &doc! { "_id": 1 },
+                    &doc! { "_id": id },
+                ));
+            }
+            self.add_index_keys(ns, meta, &doc, &id_key)?;
+            table
+                .insert((meta.key_prefix(), id_key.as_slice()), bytes.as_slice())
+                .map_err(|e| self.fail(e))?;
+        }
+        self.record(&ChangeRecord::Insert {
+            ns: ns.clone(),
+            id,
+            doc,
+        })
+    }
+
+    /// Replaces `old` by `new` (same `_id`), keeping unique indexes right, and records `change`.
+    pub(crate) fn replace(
+        &mut self,
+        ns: &Namespace,
+        meta: &CollectionMeta,
+        old: &Document,
+        new: &Document,
+        change: &ChangeRecord,
+    ) -> CommandResult<()> {
+        let id = new.get("_id").cloned().unwrap_or(Bson::Null);
+        let id_key = keys::encode(&id);
+        let bytes = encode_document(new)?;
+        self.remove_index_keys(meta, old)?;
+        self.add_index_keys(ns, meta, new, &id_key)?;
+        {
+            let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+            table
+                .insert((meta.key_prefix(), id_key.as_slice()), bytes.as_slice())
+                .map_err(|e| self.fail(e))?;
+        }
+        self.record(change)
+    }
+
+    /// Deletes `doc` and records a `delete` change.
+    pub(crate) fn delete(
+        &mut self,
+        ns: &Namespace,
+        meta: &CollectionMeta,
+        doc: &Document,
+    ) -> CommandResult<()> {
+        let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+        let id_key = keys::encode(&id);
+        self.remove_index_keys(meta, doc)?;
+        {
+            let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+            table
+                .remove((meta.key_prefix(), id_key.as_slice()))
+                .map_err(|e| self.fail(e))?;
+        }
+        let pre = meta.keeps_images().then(|| doc.clone());
+        self.record(&ChangeRecord::Delete {
+            ns: ns.clone(),
+            id,
+            pre,
+        })
+    }
+
+    /// Adds the entries of a new unique index for every existing document (11000 on a clash).
+    pub(crate) fn build_index(
+        &mut self,
+        ns: &Namespace,
+        meta: &CollectionMeta,
+        index: &IndexMeta,
+    ) -> CommandResult<()> {
+        if !index.unique {
+            return Ok(());
+        }
+        let only = CollectionMeta {
+            indexes: vec![index.clone()],
+            ..meta.clone()
+        };
+        for doc in self.scan(meta)? {
+            let id_key = keys::encode(doc.get("_id").unwrap_or(&Bson::Null));
+            self.add_index_keys(ns, &only, &doc, &id_key)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of an index.
+    pub(crate) fn drop_index_entries(&mut self, index: &IndexMeta) -> CommandResult<()> {
+        self.clear_range(UNIQUE_KEYS, id_to_key(index.id))
+    }
+
+    /// A fresh id for a new index.
+    pub(crate) fn new_index_id(&mut self) -> i64 {
+        self.next_id()
+    }
+
+    fn add_index_keys(
+        &self,
+        ns: &Namespace,
+        meta: &CollectionMeta,
+        doc: &Document,
+        id_key: &[u8],
+    ) -> CommandResult<()> {
+        let mut table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+        for index in meta.indexes.iter().filter(|i| i.unique) {
+            for (key, values) in index_keys(index, doc)? {
+                let existing = table
+                    .get((id_to_key(index.id), key.as_slice()))
+                    .map_err(|e| self.fail(e))?
+                    .map(|v| v.value().to_vec());
+                match existing {
+                    Some(owner) if owner != id_key => {
+                        let mut key_value = Document::new();
+                        for ((field, _), value) in index.key.iter().zip(values) {
+                            key_value.insert(field.clone(), value);
+                        }
+                        return Err(duplicate_key(ns, &index.name, &index.key, &key_value));
+                    }
+                    Some(_) => {}
+                    None => {
+                        table
+                            .insert((id_to_key(index.id), key.as_slice()), id_key)
+                            .map_err(|e| self.fail(e))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_index_keys(&self, meta: &CollectionMeta, doc: &Document) -> CommandResult<()> {
+        let mut table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+        for index in meta.indexes.iter().filter(|i| i.unique) {
+            for (key, _) in index_keys(index, doc)? {
+                table
+                    .remove((id_to_key(index.id), key.as_slice()))
+                    .map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a change record at the next cluster time, in this transaction.
+    pub(crate) fn record(&mut self, change: &ChangeRecord) -> CommandResult<()> {
+        let pos = self.counters.next_position();
+        let record = change.to_document(self.wall);
+        let bytes = bson::to_vec(&record).map_err(|e| self.fail(e))?;
+        {
+            let mut table = self.txn.open_table(CHANGES).map_err(|e| self.fail(e))?;
+            table
+                .insert(pos, bytes.as_slice())
+                .map_err(|e| self.fail(e))?;
+        }
+        self.counters.change_count += 1;
+        self.written.push((pos, record));
+        Ok(())
+    }
+
+    /// Drops the oldest change records beyond `limit`, moving the history floor up.
+    pub(super) fn trim_history(&mut self, limit: u64) -> Result<(), redb::Error> {
+        let excess = self.counters.change_count.saturating_sub(limit);
+        if excess == 0 {
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(CHANGES)?;
+        let mut last_removed = None;
+        for _ in 0..excess {
+            match table.pop_first()? {
+                Some((pos, _)) => last_removed = Some(pos.value()),
+                None => break,
+            }
+        }
+        if let Some(pos) = last_removed {
+            self.counters.history_floor = pos;
+        }
+        self.counters.change_count = table.len()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Store;
+
+    #[tokio::test]
+    async fn duplicate_id_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 100).expect("opens");
+        let ns = Namespace::new("t", "c").expect("valid");
+        let err = store
+            .write(move |ctx| {
+                let meta = ctx.ensure_collection(&ns)?;
+                ctx.insert(&ns, &meta, doc! { "_id": 1 })?;
+                ctx.insert(&ns, &meta, doc! { "_id": 1.0 })
+            })
+            .await
+            .expect_err("duplicate");
+        assert_eq!(err.code, ErrorCode::DuplicateKey);
+        assert!(err.msg.contains("index: _id_"));
+    }
+}
