@@ -469,7 +469,11 @@ impl ChangeStream {
             return Ok(Some(event));
         };
         let token = event.get("_id").cloned();
-        let Some(out) = pipeline.run(vec![event])?.into_iter().next() else {
+        let Some(out) = pipeline
+            .run(vec![event], &crate::limits::Deadline::none())?
+            .into_iter()
+            .next()
+        else {
             return Ok(None);
         };
         if out.get("_id").cloned() != token {

@@ -8,14 +8,16 @@
 mod admin;
 mod aggregate;
 mod catalog;
+mod generic;
 mod read;
+mod validator;
 mod write;
 
 use std::sync::Arc;
 
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 
-use crate::cursor::{Cursor, CursorKind};
+use crate::cursor::Cursor;
 use crate::db::{ConnInfo, Db};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::Namespace;
@@ -131,6 +133,26 @@ fn finish(db: &Db, result: CommandResult<Document>) -> Document {
 async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
     let name = req.body.keys().next().cloned().unwrap_or_default();
     db.opcounters.count(&name, &req.body);
+    // Generic arguments are honoured or refused before the command does anything.
+    generic::check_collation(&req.body)?;
+    let write_concern = generic::WriteConcern::parse(&req.body)?;
+    if READS.contains(&name.as_str()) && req.body.contains_key("writeConcern") {
+        return Err(CommandError::new(
+            ErrorCode::InvalidOptions,
+            format!("Command {name} does not support writeConcern"),
+        ));
+    }
+    let mut reply = run(db, &req, &name).await?;
+    if let Some(error) = write_concern.error() {
+        reply.insert("writeConcernError", error);
+    }
+    Ok(reply)
+}
+
+/// Read commands, which refuse a `writeConcern` (as mongod does).
+const READS: &[&str] = &["count", "distinct", "find", "getMore"];
+
+async fn run(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResult<Document> {
     if req.body.get_bool("startTransaction").unwrap_or(false)
         || req.body.get("autocommit").is_some()
     {
@@ -140,51 +162,51 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
         ));
     }
     // One sorted table; aliases are listed explicitly.
-    match name.as_str() {
+    match name {
         "abortTransaction" | "commitTransaction" => Err(CommandError::new(
             ErrorCode::IllegalOperation,
             "Multi-document transactions are not supported by embedded-db",
         )),
-        "aggregate" => aggregate::aggregate(db, &req).await,
+        "aggregate" => aggregate::aggregate(db, req).await,
         "buildInfo" | "buildinfo" => Ok(admin::build_info()),
-        "collMod" => catalog::coll_mod(db, &req).await,
-        "collStats" => catalog::coll_stats(db, &req).await,
-        "connectionStatus" => Ok(admin::connection_status(&req)),
-        "count" => read::count(db, &req).await,
-        "create" => catalog::create(db, &req).await,
-        "createIndexes" => catalog::create_indexes(db, &req).await,
-        "dbStats" => catalog::db_stats(db, &req).await,
-        "delete" => write::delete(db, &req).await,
-        "distinct" => read::distinct(db, &req).await,
-        "drop" => catalog::drop(db, &req).await,
-        "dropDatabase" => catalog::drop_database(db, &req).await,
-        "dropIndexes" | "deleteIndexes" => catalog::drop_indexes(db, &req).await,
+        "collMod" => catalog::coll_mod(db, req).await,
+        "collStats" => catalog::coll_stats(db, req).await,
+        "connectionStatus" => Ok(admin::connection_status(req)),
+        "count" => read::count(db, req).await,
+        "create" => catalog::create(db, req).await,
+        "createIndexes" => catalog::create_indexes(db, req).await,
+        "dbStats" => catalog::db_stats(db, req).await,
+        "delete" => write::delete(db, req).await,
+        "distinct" => read::distinct(db, req).await,
+        "drop" => catalog::drop(db, req).await,
+        "dropDatabase" => catalog::drop_database(db, req).await,
+        "dropIndexes" | "deleteIndexes" => catalog::drop_indexes(db, req).await,
         "endSessions"
         | "killAllSessions"
         | "killAllSessionsByPattern"
         | "killSessions"
         | "refreshSessions" => Ok(Document::new()),
-        "find" => read::find(db, &req).await,
-        "findAndModify" | "findandmodify" => write::find_and_modify(db, &req).await,
+        "find" => read::find(db, req).await,
+        "findAndModify" | "findandmodify" => write::find_and_modify(db, req).await,
         "getCmdLineOpts" => Ok(admin::cmd_line_opts(db)),
-        "getLog" => admin::get_log(&req),
-        "getMore" => read::get_more(db, &req).await,
-        "getParameter" => admin::get_parameter(&req),
+        "getLog" => admin::get_log(req),
+        "getMore" => read::get_more(db, req).await,
+        "getParameter" => admin::get_parameter(req),
         // `hello` is current; `isMaster` is what the Rust driver sends first, `ismaster` Node and pymongo.
-        "hello" | "isMaster" | "ismaster" => Ok(admin::hello(db, req.conn, &req.body, &name)),
+        "hello" | "isMaster" | "ismaster" => Ok(admin::hello(db, req.conn, &req.body, name)),
         "hostInfo" => Ok(admin::host_info()),
-        "insert" => write::insert(db, &req).await,
-        "killCursors" => read::kill_cursors(db, &req),
-        "listCollections" => catalog::list_collections(db, &req).await,
+        "insert" => write::insert(db, req).await,
+        "killCursors" => read::kill_cursors(db, req),
+        "listCollections" => catalog::list_collections(db, req).await,
         "listCommands" => Ok(admin::list_commands()),
-        "listDatabases" => catalog::list_databases(db, &req).await,
-        "listIndexes" => catalog::list_indexes(db, &req).await,
+        "listDatabases" => catalog::list_databases(db, req).await,
+        "listIndexes" => catalog::list_indexes(db, req).await,
         "ping" => Ok(Document::new()),
-        "renameCollection" => catalog::rename_collection(db, &req).await,
+        "renameCollection" => catalog::rename_collection(db, req).await,
         "replSetGetStatus" => Ok(admin::repl_set_status(db)),
         "serverStatus" => Ok(admin::server_status(db)),
         "startSession" => Ok(admin::start_session()),
-        "update" => write::update(db, &req).await,
+        "update" => write::update(db, req).await,
         "whatsmyuri" => Ok(doc! { "you": req.conn.peer.as_str() }),
         _ => Err(CommandError::new(
             ErrorCode::CommandNotFound,
@@ -326,26 +348,24 @@ fn documents_arg(body: &Document, key: &str) -> CommandResult<Vec<Document>> {
 /// Splits off the first batch of `docs` and registers the rest as a cursor.
 ///
 /// The batch holds at most `batch_size` documents (default 101) and 16 MiB; with
-/// `single_batch` or when nothing remains, the cursor id is 0.
+/// `single_batch` or when nothing remains, the cursor id is 0. The rest counts against the
+/// cursors' memory budget (`ExceededMemoryLimit` when it does not fit).
 fn first_batch(
     db: &Db,
     ns: &str,
     docs: Vec<Document>,
     batch_size: Option<usize>,
     single_batch: bool,
-) -> Document {
+) -> CommandResult<Document> {
     let mut remaining: std::collections::VecDeque<Document> = docs.into();
     let batch = take_batch(&mut remaining, batch_size.unwrap_or(DEFAULT_BATCH));
     let id = if single_batch || remaining.is_empty() {
         0
     } else {
-        db.cursors.insert(Cursor::new(
-            ns.to_owned(),
-            CursorKind::Documents(remaining),
-            batch_size,
-        ))
+        db.cursors
+            .insert(Cursor::documents(ns.to_owned(), remaining))?
     };
-    cursor_reply(ns, id, "firstBatch", batch, None)
+    Ok(cursor_reply(ns, id, "firstBatch", batch, None))
 }
 
 /// Takes up to `limit` documents and at most [`BATCH_BYTES`] from the front of `queue`

@@ -25,6 +25,13 @@ pub(crate) struct Db {
     pub(crate) opcounters: OpCounters,
 }
 
+impl Db {
+    /// Whether the `maxTimeAlwaysTimeOut` fail point makes every time-limited command expire.
+    pub(crate) fn max_time_always_times_out(&self) -> bool {
+        false
+    }
+}
+
 /// `serverStatus.opcounters`: how many commands of each kind were served, as `mongod` counts
 /// them (documents are not counted; a batch insert counts once per document, as in mongod).
 #[derive(Debug, Default)]

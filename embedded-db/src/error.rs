@@ -20,6 +20,8 @@ pub enum ErrorCode {
     FailedToParse = 9,
     /// A value has the wrong BSON type.
     TypeMismatch = 14,
+    /// A number, a document or a path is larger or deeper than allowed.
+    Overflow = 15,
     /// An operation this deployment does not allow (transactions).
     IllegalOperation = 20,
     /// The collection or database does not exist.
@@ -34,6 +36,8 @@ pub enum ErrorCode {
     CursorNotFound = 43,
     /// The collection already exists.
     NamespaceExists = 48,
+    /// The operation ran longer than its `maxTimeMS`.
+    MaxTimeMSExpired = 50,
     /// A field name starts with `$` where that is not allowed.
     DollarPrefixedFieldName = 52,
     /// A field name is empty or otherwise invalid.
@@ -48,24 +52,40 @@ pub enum ErrorCode {
     InvalidOptions = 72,
     /// The namespace name is not valid.
     InvalidNamespace = 73,
+    /// A write concern names a tag the replica set does not have.
+    UnknownReplWriteConcern = 79,
     /// An index with this key already exists under another name or options.
     IndexOptionsConflict = 85,
     /// An index with this name already exists with another key.
     IndexKeySpecsConflict = 86,
     /// The server is shutting down.
     ShutdownInProgress = 91,
+    /// A write concern asks for more members than the replica set has.
+    UnsatisfiableWriteConcern = 100,
+    /// A document failed the collection's validator.
+    DocumentValidationFailure = 121,
+    /// Open cursors hold as much memory as they may.
+    ExceededMemoryLimit = 146,
     /// The operation is not implemented by this server.
     NotImplemented = 238,
     /// An array field indexed together with another array field.
     CannotIndexParallelArrays = 171,
+    /// A cursor's collection was dropped while it was open.
+    QueryPlanKilled = 175,
     /// The resume token cannot be used in this way (invalidate with `resumeAfter`).
     InvalidResumeToken = 260,
     /// The change stream cannot continue from the given position.
     ChangeStreamFatalError = 280,
     /// The resume point is older than the kept change history.
     ChangeStreamHistoryLost = 286,
+    /// A blocking sort or a grouping needed more memory than allowed.
+    QueryExceededMemoryLimitNoDiskUseAllowed = 292,
     /// An expression operator is not known.
     InvalidPipelineOperator = 168,
+    /// An index specification carries a field mongod does not define.
+    InvalidIndexSpecificationOption = 197,
+    /// A retry names a transaction number older than the session's newest.
+    TransactionTooOld = 225,
     /// An OP_QUERY command other than the handshake.
     UnsupportedOpQueryCommand = 352,
     /// The message or document exceeds the size limits.
@@ -92,8 +112,12 @@ pub enum ErrorCode {
     GroupSpecification = 15947,
     /// `$changeStream` must be the first stage.
     ChangeStreamNotFirst = 40602,
+    /// A command or statement carries a field the command does not define.
+    UnknownField = 40415,
     /// A resume token could not be parsed.
     ChangeStreamBadResumeToken = 40647,
+    /// A pipeline has more stages than allowed.
+    PipelineTooLong = 7749501,
 }
 
 impl ErrorCode {
@@ -104,12 +128,14 @@ impl ErrorCode {
             Self::BadValue => "BadValue",
             Self::FailedToParse => "FailedToParse",
             Self::TypeMismatch => "TypeMismatch",
+            Self::Overflow => "Overflow",
             Self::IllegalOperation => "IllegalOperation",
             Self::NamespaceNotFound => "NamespaceNotFound",
             Self::IndexNotFound => "IndexNotFound",
             Self::PathNotViable => "PathNotViable",
             Self::ConflictingUpdateOperators => "ConflictingUpdateOperators",
             Self::CursorNotFound => "CursorNotFound",
+            Self::MaxTimeMSExpired => "MaxTimeMSExpired",
             Self::NamespaceExists => "NamespaceExists",
             Self::DollarPrefixedFieldName => "DollarPrefixedFieldName",
             Self::InvalidIdField => "InvalidIdField",
@@ -118,14 +144,22 @@ impl ErrorCode {
             Self::ImmutableField => "ImmutableField",
             Self::InvalidOptions => "InvalidOptions",
             Self::InvalidNamespace => "InvalidNamespace",
+            Self::UnknownReplWriteConcern => "UnknownReplWriteConcern",
             Self::IndexOptionsConflict => "IndexOptionsConflict",
             Self::IndexKeySpecsConflict => "IndexKeySpecsConflict",
             Self::ShutdownInProgress => "ShutdownInProgress",
+            Self::UnsatisfiableWriteConcern => "UnsatisfiableWriteConcern",
+            Self::DocumentValidationFailure => "DocumentValidationFailure",
+            Self::ExceededMemoryLimit => "ExceededMemoryLimit",
             Self::NotImplemented => "NotImplemented",
             Self::CannotIndexParallelArrays => "CannotIndexParallelArrays",
+            Self::QueryPlanKilled => "QueryPlanKilled",
             Self::InvalidResumeToken => "InvalidResumeToken",
             Self::ChangeStreamFatalError => "ChangeStreamFatalError",
             Self::ChangeStreamHistoryLost => "ChangeStreamHistoryLost",
+            Self::QueryExceededMemoryLimitNoDiskUseAllowed => {
+                "QueryExceededMemoryLimitNoDiskUseAllowed"
+            }
             Self::UnsupportedOpQueryCommand => "UnsupportedOpQueryCommand",
             Self::BsonObjectTooLarge => "BSONObjectTooLarge",
             Self::DuplicateKey => "DuplicateKey",
@@ -133,6 +167,8 @@ impl ErrorCode {
             Self::ExpressionArity => "Location16020",
             Self::BadSizeArgument => "Location16810",
             Self::InvalidPipelineOperator => "InvalidPipelineOperator",
+            Self::InvalidIndexSpecificationOption => "InvalidIndexSpecificationOption",
+            Self::TransactionTooOld => "TransactionTooOld",
             Self::SizeArgumentNotArray => "Location17124",
             Self::ProjectionPathCollision => "Location31250",
             Self::ProjectionInclusionInExclusion => "Location31253",
@@ -140,7 +176,9 @@ impl ErrorCode {
             Self::UnrecognizedPipelineStage => "Location40324",
             Self::GroupSpecification => "Location15947",
             Self::ChangeStreamNotFirst => "Location40602",
+            Self::UnknownField => "Location40415",
             Self::ChangeStreamBadResumeToken => "Location40647",
+            Self::PipelineTooLong => "Location7749501",
         }
     }
 

@@ -31,6 +31,7 @@
 //! - `cursor`: open cursors between `getMore`s.
 //! - `storage`: the redb tables (`schema`), the change log (`changelog`), the group-commit
 //!   writer thread (`writer`), snapshot reads (`read`) and transactional writes (`write`).
+//! - `limits`: what one request may cost: `maxTimeMS` deadlines and memory budgets.
 //! - `keys`: the order-preserving key encoding behind `_id` and unique indexes.
 //! - [`error`]: MongoDB error codes and error documents.
 
@@ -41,6 +42,7 @@ mod cursor;
 mod db;
 pub mod error;
 mod keys;
+mod limits;
 mod namespace;
 mod query;
 mod server;

@@ -191,6 +191,14 @@ async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Re
                 if closed > 0 {
                     tracing::debug!(closed, "closed idle cursors");
                 }
+                let store = db.store.clone();
+                tokio::spawn(async move {
+                    match store.write(|ctx| ctx.expire_sessions()).await {
+                        Ok(0) => {}
+                        Ok(expired) => tracing::debug!(expired, "forgot expired retryable-write sessions"),
+                        Err(e) => tracing::warn!(cause = %e, "cannot expire sessions"),
+                    }
+                });
                 while connections.try_join_next().is_some() {}
             }
             _ = shutdown.changed() => break,

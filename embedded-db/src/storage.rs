@@ -30,11 +30,13 @@
 mod changelog;
 mod read;
 mod schema;
+mod sessions;
 mod write;
 mod writer;
 
 pub(crate) use changelog::{position_of, timestamp_of, ChangeRecord, Position, RecentChanges};
 pub(crate) use read::{ReadCtx, Snapshot};
 pub(crate) use schema::{CollectionMeta, IndexMeta};
+pub(crate) use sessions::RetryId;
 pub(crate) use write::WriteCtx;
 pub(crate) use writer::{Store, StoreError};

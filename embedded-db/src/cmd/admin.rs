@@ -132,7 +132,11 @@ pub(super) fn server_status(db: &Db) -> Document {
             "totalCreated": i64::try_from(db.connections_created.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
         },
         "opcounters": db.opcounters.to_document(),
-        "metrics": { "cursor": { "open": { "total": i64::try_from(db.cursors.len()).unwrap_or(i64::MAX) } } },
+        "metrics": { "cursor": {
+            "open": { "total": i64::try_from(db.cursors.len()).unwrap_or(i64::MAX) },
+            // Bytes of materialised results open cursors hold (embedded-db's own field).
+            "materializedBytes": i64::try_from(db.cursors.held_bytes()).unwrap_or(i64::MAX),
+        } },
         "storageEngine": { "name": "redb", "persistent": true },
         "repl": { "setName": db.info.replica_set.as_str(), "isWritablePrimary": true, "hosts": [db.info.host.as_str()] },
     }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bson::{Bson, Document};
 
-use super::{cursor_reply, first_batch, opt_count, opt_document, read::matching, Request};
+use super::generic::deadline_of;
+use super::{cursor_reply, first_batch, opt_count, opt_document, read::for_each_match, Request};
 use crate::changes::{ChangeStream, Scope};
 use crate::cursor::{Cursor, CursorKind};
 use crate::db::Db;
@@ -25,10 +26,20 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
             ))
         }
     };
+    for option in ["explain", "let"] {
+        if !matches!(
+            req.body.get(option),
+            None | Some(Bson::Null | Bson::Boolean(false))
+        ) {
+            return Err(CommandError::new(
+                ErrorCode::NotImplemented,
+                format!("the '{option}' option of aggregate is not supported by embedded-db"),
+            ));
+        }
+    }
     let batch_size =
         match opt_document(&req.body, "cursor")? {
             Some(cursor) => opt_count(cursor, "batchSize")?,
-            None if req.body.get_bool("explain").unwrap_or(false) => None,
             None => return Err(CommandError::failed_to_parse(
                 "The 'cursor' option is required, except for aggregate with the explain argument",
             )),
@@ -64,6 +75,7 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
         )
     })?;
     let ns_text = ns.to_string();
+    let deadline = deadline_of(db, &req.body)?;
     let docs = db
         .store
         .read(move |read| {
@@ -80,17 +92,21 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
                 _ => (None, &stages[..]),
             };
             let pipeline = Pipeline::parse(rest)?;
-            let docs = match read.collection(&ns)? {
-                Some(meta) => match &input {
-                    Some(filter) => matching(read, &meta, filter)?,
-                    None => read.scan(&meta)?,
-                },
-                None => Vec::new(),
+            let Some(meta) = read.collection(&ns)? else {
+                return pipeline.run(Vec::new(), &deadline);
             };
-            pipeline.run(docs)
+            let filter = input.unwrap_or_default();
+            pipeline.run_streamed(
+                |deliver| {
+                    for_each_match(read, &meta, &filter, &deadline, &[], |_, _, doc| {
+                        deliver(doc)
+                    })
+                },
+                &deadline,
+            )
         })
         .await?;
-    Ok(first_batch(db, &ns_text, docs, batch_size, false))
+    first_batch(db, &ns_text, docs, batch_size, false)
 }
 
 /// Opens a change stream: answers at once with the events already available (usually none)
@@ -150,8 +166,7 @@ async fn change_stream(
         db.cursors.insert(Cursor::new(
             ns.clone(),
             CursorKind::ChangeStream(Box::new(stream)),
-            batch_size,
-        ))
+        ))?
     };
     let events = batch.events.into_iter().map(Bson::Document).collect();
     Ok(cursor_reply(

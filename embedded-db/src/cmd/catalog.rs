@@ -27,23 +27,12 @@ fn not_found(ns: &Namespace) -> CommandError {
     )
 }
 
-/// Implements `create`. Views, time-series and capped collections are refused with
-/// `NotImplemented` rather than silently created as plain collections.
+/// Implements `create`. Options embedded-db does not honour (views, time-series, capped
+/// collections, storage-engine settings) are refused rather than silently dropped.
 pub(super) async fn create(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
     let ns = req.namespace()?;
     let options = command_options(&req.body);
-    for unsupported in ["viewOn", "timeseries", "capped", "clusteredIndex"] {
-        let set = match options.get(unsupported) {
-            None | Some(Bson::Null) | Some(Bson::Boolean(false)) => false,
-            Some(_) => true,
-        };
-        if set {
-            return Err(CommandError::new(
-                ErrorCode::NotImplemented,
-                format!("'{unsupported}' collections are not supported by embedded-db"),
-            ));
-        }
-    }
+    super::validator::check_options("create", &options)?;
     db.store
         .write(move |ctx| ctx.create_collection(&ns, options).map(|_| Document::new()))
         .await
@@ -118,13 +107,13 @@ pub(super) async fn list_collections(db: &Arc<Db>, req: &Request<'_>) -> Command
             }
         })
         .collect();
-    Ok(first_batch(
+    first_batch(
         db,
         &format!("{name}.$cmd.listCollections"),
         entries,
         batch_size,
         false,
-    ))
+    )
 }
 
 /// Implements `listDatabases` (`filter`, `nameOnly`).
@@ -218,10 +207,12 @@ pub(super) async fn rename_collection(db: &Arc<Db>, req: &Request<'_>) -> Comman
         .await
 }
 
-/// Implements `collMod`: merges the given options (e.g. `changeStreamPreAndPostImages`).
+/// Implements `collMod`: merges the given options (`changeStreamPreAndPostImages`, the
+/// validator settings); any other option is refused.
 pub(super) async fn coll_mod(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
     let ns = req.namespace()?;
     let options = command_options(&req.body);
+    super::validator::check_options("collMod", &options)?;
     db.store
         .write(move |ctx| {
             let mut meta = ctx.collection(&ns)?.ok_or_else(|| not_found(&ns))?;
@@ -243,6 +234,7 @@ fn parse_index(spec: &Document) -> CommandResult<(String, Document, bool, Docume
             CommandError::failed_to_parse("index specification must have a non-empty 'key'")
         })?;
     for (field, direction) in &key {
+        crate::query::path::check_length(field)?;
         let valid = match direction {
             Bson::Int32(v) => *v != 0,
             Bson::Int64(v) => *v != 0,
@@ -271,6 +263,47 @@ fn parse_index(spec: &Document) -> CommandResult<(String, Document, bool, Docume
         }
     };
     let unique = opt_bool(spec, "unique")?.unwrap_or(false);
+    for (option, value) in spec {
+        match option.as_str() {
+            "v"
+            | "key"
+            | "name"
+            | "ns"
+            | "background"
+            | "unique"
+            | "hidden"
+            | "collation"
+            | "weights"
+            | "default_language"
+            | "language_override"
+            | "textIndexVersion"
+            | "2dsphereIndexVersion"
+            | "bits"
+            | "min"
+            | "max"
+            | "storageEngine"
+            | "wildcardProjection"
+            | "prepareUnique" => {}
+            // A sparse or partial unique index admits duplicates a plain one refuses, and a TTL
+            // index deletes documents: embedded-db enforces neither, so it refuses them.
+            "sparse" | "partialFilterExpression" if !unique => {}
+            "sparse" | "partialFilterExpression" | "expireAfterSeconds" => {
+                if matches!(value, Bson::Boolean(false)) {
+                    continue;
+                }
+                return Err(CommandError::new(
+                    ErrorCode::NotImplemented,
+                    format!("index option '{option}' is not supported by embedded-db"),
+                ));
+            }
+            _ => {
+                return Err(CommandError::new(
+                    ErrorCode::InvalidIndexSpecificationOption,
+                    format!("The field '{option}' is not valid for an index specification."),
+                ))
+            }
+        }
+    }
     // Store the options as given (echoed by listIndexes), minus legacy fields MongoDB ignores.
     let mut stored = doc! { "v": 2, "key": key.clone(), "name": name.clone() };
     for (k, v) in spec {
@@ -355,7 +388,7 @@ pub(super) async fn list_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandResu
     .ok_or_else(|| not_found(&ns))?;
     let mut specs = vec![id_index_spec()];
     specs.extend(meta.indexes.into_iter().map(|i| i.spec));
-    Ok(first_batch(db, &ns_text, specs, None, false))
+    first_batch(db, &ns_text, specs, None, false)
 }
 
 /// Implements `dropIndexes` (a name, a key pattern, a list of names, or `"*"`).

@@ -1,39 +1,119 @@
-//! Read commands: `find`, `getMore`, `killCursors`, `count`, `distinct`.
+//! Read commands: `find`, `getMore`, `killCursors`, `count`, `distinct`, and the scans
+//! they share with the write commands' read phase.
+//!
+//! Scans stream documents from storage one at a time, checking the command's `maxTimeMS` as
+//! they go. A `find` without a sort reads only its first batch and leaves a cursor that
+//! resumes the scan; a blocking sort holds at most 100 MB (292 beyond, whatever
+//! `allowDiskUse` says: embedded-db does not spill to disk).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, Document};
 
+use super::generic::deadline_of;
 use super::{
     cursor_reply, first_batch, opt_bool, opt_count, opt_document, opt_i64, take_batch, Request,
+    BATCH_BYTES, DEFAULT_BATCH,
 };
-use crate::cursor::{Cursor, CursorKind};
+use crate::cursor::{Cursor, CursorKind, ScanCursor};
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::keys;
+use crate::limits::{Deadline, MemoryBudget};
+use crate::namespace::Namespace;
 use crate::query::filter::Filter;
 use crate::query::projection::Projection;
 use crate::query::sort::SortSpec;
-use crate::storage::{CollectionMeta, Snapshot};
+use crate::storage::{CollectionMeta, Position, Snapshot};
 
 /// How long a change-stream `getMore` waits for events when the driver sets no `maxTimeMS`.
 const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
-/// The documents of `meta` matching `filter`: a point lookup for `_id` equality, else a scan.
+/// Calls `visit` with each document of `meta` matching `filter` whose `_id` key sorts after
+/// `after` (empty: from the start), in `_id` order, with its key and stored size, until
+/// `visit` returns false. An `_id` equality is a point lookup. Checks `deadline` per document.
+pub(super) fn for_each_match(
+    read: &impl Snapshot,
+    meta: &CollectionMeta,
+    filter: &Filter,
+    deadline: &Deadline,
+    after: &[u8],
+    mut visit: impl FnMut(&[u8], usize, Document) -> CommandResult<bool>,
+) -> CommandResult<()> {
+    deadline.check()?;
+    if let Some(id) = filter.id_equality() {
+        let key = keys::encode(id);
+        if after.is_empty() || key.as_slice() > after {
+            if let Some(doc) = read.find_by_id(meta, id)?.filter(|d| filter.matches(d)) {
+                let size = crate::limits::approx_size(&doc);
+                visit(&key, size, doc)?;
+            }
+        }
+        return Ok(());
+    }
+    read.for_each_after(meta, after, &mut |key, size, doc| {
+        deadline.check()?;
+        if filter.matches(&doc) {
+            visit(key, size, doc)
+        } else {
+            Ok(true)
+        }
+    })
+}
+
+/// The documents of `meta` matching `filter`, in `_id` order, at most `limit` of them.
 pub(super) fn matching(
     read: &impl Snapshot,
     meta: &CollectionMeta,
     filter: &Filter,
+    deadline: &Deadline,
+    limit: Option<usize>,
 ) -> CommandResult<Vec<Document>> {
-    let candidates = match filter.id_equality() {
-        Some(id) => read.find_by_id(meta, id)?.into_iter().collect(),
-        None => read.scan(meta)?,
-    };
-    Ok(candidates
-        .into_iter()
-        .filter(|d| filter.matches(d))
-        .collect())
+    let mut out = Vec::new();
+    if limit == Some(0) {
+        return Ok(out);
+    }
+    for_each_match(read, meta, filter, deadline, &[], |_, _, doc| {
+        out.push(doc);
+        Ok(limit.is_none_or(|l| out.len() < l))
+    })?;
+    Ok(out)
+}
+
+/// The documents matching `filter` in `sort` order, after skipping `skip`, at most `limit`
+/// of them. Only the documents that can still make the cut are held (a top-k with a
+/// limit), and they are held to the sort's memory budget.
+fn sorted_matches(
+    read: &impl Snapshot,
+    meta: &CollectionMeta,
+    filter: &Filter,
+    sort: &SortSpec,
+    skip: usize,
+    limit: Option<usize>,
+    deadline: &Deadline,
+) -> CommandResult<Vec<Document>> {
+    let keep = limit.map(|l| l.saturating_add(skip));
+    let mut budget = MemoryBudget::new("Sort");
+    let mut held: Vec<(Document, usize)> = Vec::new();
+    for_each_match(read, meta, filter, deadline, &[], |_, size, doc| {
+        budget.add_bytes(size)?;
+        held.push((doc, size));
+        // With a limit, cut back to the best `keep` whenever twice as many are held.
+        if let Some(keep) = keep.filter(|k| held.len() > k.saturating_mul(2).max(64)) {
+            held.sort_by(|a, b| sort.compare_docs(&a.0, &b.0));
+            for (_, size) in held.drain(keep..) {
+                budget.release(size);
+            }
+        }
+        Ok(true)
+    })?;
+    held.sort_by(|a, b| sort.compare_docs(&a.0, &b.0));
+    let docs = held.into_iter().map(|(d, _)| d).skip(skip);
+    Ok(match limit {
+        Some(limit) => docs.take(limit).collect(),
+        None => docs.collect(),
+    })
 }
 
 /// Applies sort, skip and limit to a matched set (the sort is stable).
@@ -53,14 +133,95 @@ pub(super) fn order_and_cut(
     }
 }
 
+/// What a write statement's read phase found on one snapshot.
+#[derive(Debug)]
+pub(super) struct Found {
+    /// The snapshot's position: the writer trusts `docs` if the collection was not written
+    /// after it.
+    pub(super) at: Position,
+    /// The matching documents in `sort` (else `_id`) order, at most `limit` of them; for an
+    /// unlimited search, only their `_id`s.
+    pub(super) docs: Vec<Document>,
+}
+
+/// The read phase of a write statement: the documents of `ns` matching `filter` on a fresh
+/// snapshot (with a `limit`, the first ones in `sort` order; without, every match reduced
+/// to its `_id`).
+pub(super) async fn search(
+    db: &Db,
+    ns: &Namespace,
+    filter: &Arc<Filter>,
+    sort: Option<&SortSpec>,
+    limit: Option<usize>,
+    deadline: &Deadline,
+) -> CommandResult<Found> {
+    let (ns, filter, sort, deadline) = (
+        ns.clone(),
+        Arc::clone(filter),
+        sort.cloned(),
+        deadline.clone(),
+    );
+    db.store
+        .read(move |read| {
+            let at = read.last_position()?;
+            let Some(meta) = read.collection(&ns)? else {
+                return Ok(Found {
+                    at,
+                    docs: Vec::new(),
+                });
+            };
+            let docs = match (&sort, limit) {
+                (Some(sort), _) => sorted_matches(read, &meta, &filter, sort, 0, limit, &deadline)?,
+                (None, Some(_)) => matching(read, &meta, &filter, &deadline, limit)?,
+                (None, None) => {
+                    let mut ids = Vec::new();
+                    for_each_match(read, &meta, &filter, &deadline, &[], |_, _, mut doc| {
+                        if let Some(id) = doc.remove("_id") {
+                            ids.push(doc! { "_id": id });
+                        }
+                        Ok(true)
+                    })?;
+                    ids
+                }
+            };
+            Ok(Found { at, docs })
+        })
+        .await
+}
+
+/// `find` options embedded-db does not honour; refused unless falsy.
+const FIND_REFUSED: &[&str] = &[
+    "let",
+    "tailable",
+    "awaitData",
+    "returnKey",
+    "showRecordId",
+    "min",
+    "max",
+    "noCursorTimeout",
+];
+
 /// Implements the `find` command.
 pub(super) async fn find(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
     let ns = req.namespace()?;
     let body = &req.body;
+    for option in FIND_REFUSED {
+        if !matches!(
+            body.get(*option),
+            None | Some(Bson::Null | Bson::Boolean(false))
+        ) {
+            return Err(CommandError::new(
+                ErrorCode::NotImplemented,
+                format!("the '{option}' option of find is not supported by embedded-db"),
+            ));
+        }
+    }
+    let deadline = deadline_of(db, body)?;
     let filter = Filter::parse(opt_document(body, "filter")?.unwrap_or(&Document::new()))?;
     let sort = opt_document(body, "sort")?
         .map(SortSpec::parse)
-        .transpose()?;
+        .transpose()?
+        .filter(|s| !s.is_empty());
     let projection = opt_document(body, "projection")?
         .map(Projection::parse)
         .transpose()?;
@@ -74,23 +235,103 @@ pub(super) async fn find(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docum
         .map(|l| usize::try_from(l.unsigned_abs()).unwrap_or(usize::MAX));
     let batch_size = opt_count(body, "batchSize")?;
     let ns_text = ns.to_string();
-    let docs = db
+    if let Some(sort) = sort {
+        let docs = db
+            .store
+            .read(move |read| {
+                let Some(meta) = read.collection(&ns)? else {
+                    return Ok(Vec::new());
+                };
+                let docs = sorted_matches(read, &meta, &filter, &sort, skip, limit, &deadline)?;
+                match &projection {
+                    Some(p) => docs
+                        .iter()
+                        .map(|d| p.apply_with_filter(d, Some(&filter)))
+                        .collect(),
+                    None => Ok(docs),
+                }
+            })
+            .await?;
+        return first_batch(db, &ns_text, docs, batch_size, single_batch);
+    }
+    // Without a sort, read only the first batch; the cursor resumes the scan.
+    let batch_limit = batch_size.unwrap_or(DEFAULT_BATCH);
+    let (batch, scan) = db
         .store
         .read(move |read| {
             let Some(meta) = read.collection(&ns)? else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             };
-            let docs = order_and_cut(matching(read, &meta, &filter)?, sort.as_ref(), skip, limit);
-            match &projection {
-                Some(p) => docs
-                    .iter()
-                    .map(|d| p.apply_with_filter(d, Some(&filter)))
-                    .collect(),
-                None => Ok(docs),
-            }
+            let mut scan = ScanCursor {
+                ns,
+                collection_id: meta.id,
+                filter,
+                projection,
+                after: Vec::new(),
+                remaining: limit,
+            };
+            let (batch, more) = scan_batch(read, &meta, &mut scan, skip, batch_limit, &deadline)?;
+            Ok((batch, more.then_some(scan)))
         })
         .await?;
-    Ok(first_batch(db, &ns_text, docs, batch_size, single_batch))
+    let id = match scan {
+        Some(scan) if !single_batch => db.cursors.insert(Cursor::new(
+            ns_text.clone(),
+            CursorKind::Scan(Box::new(scan)),
+        ))?,
+        _ => 0,
+    };
+    Ok(cursor_reply(&ns_text, id, "firstBatch", batch, None))
+}
+
+/// Reads the next batch of a `find` scan: skips `skip` matches, then returns up to `limit`
+/// documents and [`BATCH_BYTES`], and whether the scan may have more.
+fn scan_batch(
+    read: &impl Snapshot,
+    meta: &CollectionMeta,
+    scan: &mut ScanCursor,
+    mut skip: usize,
+    limit: usize,
+    deadline: &Deadline,
+) -> CommandResult<(Vec<Bson>, bool)> {
+    let limit = scan.remaining.map_or(limit, |r| r.min(limit));
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    let mut full = false;
+    let mut last = None;
+    if limit > 0 {
+        let after = std::mem::take(&mut scan.after);
+        for_each_match(
+            read,
+            meta,
+            &scan.filter,
+            deadline,
+            &after,
+            |key, size, doc| {
+                if skip > 0 {
+                    skip -= 1;
+                    last = Some(key.to_vec());
+                    return Ok(true);
+                }
+                let doc = match &scan.projection {
+                    Some(p) => p.apply_with_filter(&doc, Some(&scan.filter))?,
+                    None => doc,
+                };
+                bytes += size;
+                batch.push(Bson::Document(doc));
+                last = Some(key.to_vec());
+                full = batch.len() >= limit || bytes >= BATCH_BYTES;
+                Ok(!full)
+            },
+        )?;
+        scan.after = last.unwrap_or(after);
+    }
+    if let Some(remaining) = &mut scan.remaining {
+        *remaining -= batch.len().min(*remaining);
+    }
+    // A batch of 0 (`batchSize: 0`) has read nothing yet: the cursor stays open.
+    let more = (full || limit == 0) && scan.remaining != Some(0);
+    Ok((batch, more))
 }
 
 /// Implements `getMore`, for query cursors and change streams.
@@ -107,6 +348,8 @@ pub(super) async fn get_more(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
             )))
         }
     };
+    // A getMore without a batchSize fills its batch up to 16 MiB, whatever the opening
+    // command asked for (as mongod).
     let batch_size = opt_count(&req.body, "batchSize")?.filter(|n| *n > 0);
     let max_time = opt_count(&req.body, "maxTimeMS")?.map(|ms| Duration::from_millis(ms as u64));
     let Some((mut cursor, _in_use)) = db.cursors.take(id) else {
@@ -115,14 +358,52 @@ pub(super) async fn get_more(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
             format!("cursor id {id} not found"),
         ));
     };
-    let limit = batch_size.or(cursor.batch_size);
+    let limit = batch_size;
     match cursor.kind {
-        CursorKind::Documents(ref mut queue) => {
+        CursorKind::Documents(ref mut queue, ref mut bytes) => {
             let batch = take_batch(queue, limit.unwrap_or(usize::MAX));
+            let before = *bytes;
+            *bytes = queue.iter().map(crate::limits::approx_size).sum();
             let open = !queue.is_empty();
+            db.cursors.resize(before, if open { *bytes } else { 0 });
             let ns = cursor.ns.clone();
             let reply_id = if open {
                 db.cursors.restore(id, cursor);
+                id
+            } else {
+                0
+            };
+            Ok(cursor_reply(&ns, reply_id, "nextBatch", batch, None))
+        }
+        CursorKind::Scan(mut scan) => {
+            let ns = cursor.ns.clone();
+            let deadline = deadline_of(db, &req.body)?;
+            let (scan, batch, more) = db
+                .store
+                .read(move |read| {
+                    let meta = read
+                        .collection(&scan.ns)?
+                        .filter(|m| m.id == scan.collection_id)
+                        .ok_or_else(|| {
+                            CommandError::new(
+                                ErrorCode::QueryPlanKilled,
+                                format!("collection dropped while cursor {id} was open"),
+                            )
+                        })?;
+                    let (batch, more) = scan_batch(
+                        read,
+                        &meta,
+                        &mut scan,
+                        0,
+                        limit.unwrap_or(usize::MAX),
+                        &deadline,
+                    )?;
+                    Ok((scan, batch, more))
+                })
+                .await?;
+            let reply_id = if more {
+                db.cursors
+                    .restore(id, Cursor::new(ns.clone(), CursorKind::Scan(scan)));
                 id
             } else {
                 0
@@ -139,11 +420,7 @@ pub(super) async fn get_more(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
             } else {
                 db.cursors.restore(
                     id,
-                    Cursor::new(
-                        ns.clone(),
-                        CursorKind::ChangeStream(stream),
-                        cursor.batch_size,
-                    ),
+                    Cursor::new(ns.clone(), CursorKind::ChangeStream(stream)),
                 );
                 id
             };
@@ -232,9 +509,11 @@ pub(super) fn kill_cursors(db: &Db, req: &Request<'_>) -> CommandResult<Document
     })
 }
 
-/// Implements `count` (used by `estimatedDocumentCount`).
+/// Implements `count` (used by `estimatedDocumentCount`): counts while scanning, holding no
+/// documents.
 pub(super) async fn count(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
     let ns = req.namespace()?;
+    let deadline = deadline_of(db, &req.body)?;
     let filter = Filter::parse(opt_document(&req.body, "query")?.unwrap_or(&Document::new()))?;
     let skip = opt_count(&req.body, "skip")?.unwrap_or(0);
     let limit = opt_i64(&req.body, "limit")?
@@ -246,7 +525,13 @@ pub(super) async fn count(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docu
             let Some(meta) = read.collection(&ns)? else {
                 return Ok(0);
             };
-            let matched = matching(read, &meta, &filter)?.len().saturating_sub(skip);
+            let wanted = limit.map(|l| l.saturating_add(skip));
+            let mut matched = 0usize;
+            for_each_match(read, &meta, &filter, &deadline, &[], |_, _, _| {
+                matched += 1;
+                Ok(wanted.is_none_or(|w| matched < w))
+            })?;
+            let matched = matched.saturating_sub(skip);
             Ok(limit.map_or(matched, |l| matched.min(l)))
         })
         .await?;
@@ -264,6 +549,8 @@ pub(super) async fn distinct(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
             ))
         }
     };
+    crate::query::path::check_length(&key)?;
+    let deadline = deadline_of(db, &req.body)?;
     let filter = Filter::parse(opt_document(&req.body, "query")?.unwrap_or(&Document::new()))?;
     let values = db
         .store
@@ -272,11 +559,24 @@ pub(super) async fn distinct(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
                 return Ok(Vec::new());
             };
             let mut seen = std::collections::BTreeMap::new();
-            for doc in matching(read, &meta, &filter)? {
+            let mut bytes = 0usize;
+            for_each_match(read, &meta, &filter, &deadline, &[], |_, _, doc| {
                 for value in keys::path_values(&doc, &key) {
-                    seen.entry(keys::encode(&value)).or_insert(value);
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        seen.entry(keys::encode(&value))
+                    {
+                        bytes += crate::limits::approx_value_size(&value);
+                        if bytes > crate::wire::MAX_BSON_OBJECT_SIZE {
+                            return Err(CommandError::new(
+                                ErrorCode::BsonObjectTooLarge,
+                                "distinct too big, 16mb cap",
+                            ));
+                        }
+                        slot.insert(value);
+                    }
                 }
-            }
+                Ok(true)
+            })?;
             Ok(seen.into_values().collect::<Vec<Bson>>())
         })
         .await?;

@@ -15,6 +15,10 @@ use super::path::{self, split_first};
 use super::projection::{Projection, ProjectionKind};
 use super::sort::SortSpec;
 use crate::error::{CommandError, CommandResult, ErrorCode};
+use crate::limits::{approx_value_size, Deadline, MemoryBudget};
+
+/// Most stages a pipeline may have (mongod's `internalPipelineLengthLimit`).
+const MAX_STAGES: usize = 1000;
 
 /// A parsed pipeline; stages run in order over the whole input.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +63,12 @@ impl Pipeline {
     /// pipeline stage name: '$foo'"); known but unsupported stages (and
     /// `$changeStream`, which the server handles itself) are `NotImplemented`.
     pub(crate) fn parse(stages: &[Bson]) -> CommandResult<Pipeline> {
+        if stages.len() > MAX_STAGES {
+            return Err(CommandError::new(
+                ErrorCode::PipelineTooLong,
+                format!("Pipeline length must be no longer than {MAX_STAGES} stages"),
+            ));
+        }
         let stages = stages
             .iter()
             .map(|s| {
@@ -80,11 +90,78 @@ impl Pipeline {
         Ok(Pipeline { stages })
     }
 
+    /// Runs the pipeline over documents produced by `feed`, one at a time: the stages before
+    /// the first blocking one (`$sort`, `$group`, `$count`) handle each document as it comes,
+    /// and the blocking stage accumulates only what it needs (a `$group` its groups, a
+    /// `$count` a number), so a `countDocuments` over a large collection holds no documents.
+    /// The rest of the pipeline then runs as [`Pipeline::run`] does. `feed` stops early when
+    /// its callback returns false (a `$limit` has been reached).
+    pub(crate) fn run_streamed(
+        &self,
+        feed: impl FnOnce(&mut dyn FnMut(Document) -> CommandResult<bool>) -> CommandResult<()>,
+        deadline: &Deadline,
+    ) -> CommandResult<Vec<Document>> {
+        let split = self
+            .stages
+            .iter()
+            .position(|(_, s)| matches!(s, Stage::Sort(_) | Stage::Group(_) | Stage::Count(_)))
+            .unwrap_or(self.stages.len());
+        let (front, rest) = self.stages.split_at(split);
+        let mut skipped = vec![0usize; front.len()];
+        let mut passed = vec![0usize; front.len()];
+        let mut sink = Sink::new(rest.first().map(|(_, s)| s));
+        {
+            let mut on_doc = |doc: Document| -> CommandResult<bool> {
+                deadline.check()?;
+                let mut current = vec![doc];
+                for (i, (name, stage)) in front.iter().enumerate() {
+                    let mut next = Vec::with_capacity(current.len());
+                    for d in current {
+                        match stage {
+                            Stage::Skip(n) if skipped[i] < *n => skipped[i] += 1,
+                            Stage::Limit(n) if passed[i] >= *n => {}
+                            Stage::Skip(_) => next.push(d),
+                            Stage::Limit(_) => {
+                                passed[i] += 1;
+                                next.push(d);
+                            }
+                            other => next.extend(other.run(vec![d], name, deadline)?),
+                        }
+                    }
+                    current = next;
+                }
+                for d in current {
+                    sink.add(d)?;
+                }
+                // Once a `$limit` is full nothing more gets through it: stop reading.
+                let limited = front
+                    .iter()
+                    .zip(&passed)
+                    .any(|((_, s), passed)| matches!(s, Stage::Limit(n) if passed >= n));
+                Ok(!limited)
+            };
+            feed(&mut on_doc)?;
+        }
+        let (docs, consumed) = sink.finish();
+        let rest = if consumed { &rest[1..] } else { rest };
+        rest.iter()
+            .try_fold(docs, |docs, (name, stage)| stage.run(docs, name, deadline))
+    }
+
     /// Runs the pipeline; expression errors (e.g. `$divide` by zero) fail the whole run.
-    pub(crate) fn run(&self, input: Vec<Document>) -> CommandResult<Vec<Document>> {
+    ///
+    /// Stages run over the whole working set in memory, so what a stage builds (documents,
+    /// groups, unwound copies) is held to [`crate::limits::BLOCKING_STAGE_BYTES`]
+    /// (`QueryExceededMemoryLimitNoDiskUseAllowed` past it), and `deadline` is checked as
+    /// documents go through.
+    pub(crate) fn run(
+        &self,
+        input: Vec<Document>,
+        deadline: &Deadline,
+    ) -> CommandResult<Vec<Document>> {
         self.stages
             .iter()
-            .try_fold(input, |docs, (_, stage)| stage.run(docs))
+            .try_fold(input, |docs, (name, stage)| stage.run(docs, name, deadline))
     }
 }
 
@@ -187,6 +264,7 @@ fn flatten_fields(
         } else {
             format!("{prefix}.{k}")
         };
+        path::check_length(&full)?;
         match v {
             Bson::Document(d) if !d.is_empty() && !super::filter::is_operator_doc(v) => {
                 flatten_fields(d, &full, out)?
@@ -234,13 +312,120 @@ fn add_to_value(item: &mut Bson, p: &str, v: Option<&Bson>) {
     }
 }
 
-impl Stage {
-    fn run(&self, mut docs: Vec<Document>) -> CommandResult<Vec<Document>> {
+/// Where the streaming front of a pipeline delivers: the first blocking stage's accumulator,
+/// or (with no blocking stage) the result.
+enum Sink<'p> {
+    Group(Groups<'p>),
+    Count(&'p str, usize),
+    Docs(Output),
+}
+
+impl<'p> Sink<'p> {
+    fn new(first_blocking: Option<&'p Stage>) -> Self {
+        match first_blocking {
+            Some(Stage::Group(g)) => Sink::Group(Groups::new(g)),
+            Some(Stage::Count(name)) => Sink::Count(name, 0),
+            Some(Stage::Sort(_)) => Sink::Docs(Output::new("$sort", 0)),
+            _ => Sink::Docs(Output::new("aggregate", 0)),
+        }
+    }
+
+    fn add(&mut self, doc: Document) -> CommandResult<()> {
         match self {
-            Stage::Match(f) => docs.retain(|d| f.matches(d)),
-            Stage::Project(p) => return docs.iter().map(|d| p.apply(d)).collect(),
+            Sink::Group(g) => g.add(&doc),
+            Sink::Count(_, n) => {
+                *n += 1;
+                Ok(())
+            }
+            Sink::Docs(out) => out.push(doc),
+        }
+    }
+
+    /// The documents delivered, and whether the blocking stage has already been applied.
+    fn finish(self) -> (Vec<Document>, bool) {
+        match self {
+            Sink::Group(g) => (g.finish(), true),
+            Sink::Count(_, 0) => (Vec::new(), true),
+            Sink::Count(name, n) => {
+                let n = i32::try_from(n).map_or_else(
+                    |_| Bson::Int64(i64::try_from(n).unwrap_or(i64::MAX)),
+                    Bson::Int32,
+                );
+                let mut out = Document::new();
+                out.insert(name, n);
+                (vec![out], true)
+            }
+            Sink::Docs(out) => (out.docs, false),
+        }
+    }
+}
+
+/// Collects a stage's output documents within the stage's memory budget.
+struct Output {
+    docs: Vec<Document>,
+    budget: MemoryBudget,
+}
+
+impl Output {
+    fn new(stage: &'static str, capacity: usize) -> Self {
+        Self {
+            docs: Vec::with_capacity(capacity),
+            budget: MemoryBudget::new(stage),
+        }
+    }
+
+    fn push(&mut self, doc: Document) -> CommandResult<()> {
+        self.budget.add(&doc)?;
+        self.docs.push(doc);
+        Ok(())
+    }
+}
+
+/// The stage name as a `'static` label for memory errors.
+fn label(name: &str) -> &'static str {
+    match name {
+        "$project" => "$project",
+        "$unset" => "$unset",
+        "$addFields" => "$addFields",
+        "$set" => "$set",
+        "$group" => "$group",
+        "$unwind" => "$unwind",
+        "$replaceRoot" => "$replaceRoot",
+        "$replaceWith" => "$replaceWith",
+        _ => "pipeline stage",
+    }
+}
+
+impl Stage {
+    fn run(
+        &self,
+        mut docs: Vec<Document>,
+        name: &str,
+        deadline: &Deadline,
+    ) -> CommandResult<Vec<Document>> {
+        match self {
+            Stage::Match(f) => {
+                let mut kept = Vec::with_capacity(docs.len());
+                for d in docs {
+                    deadline.check()?;
+                    if f.matches(&d) {
+                        kept.push(d);
+                    }
+                }
+                return Ok(kept);
+            }
+            Stage::Project(p) => {
+                let mut out = Output::new(label(name), docs.len());
+                for d in &docs {
+                    deadline.check()?;
+                    out.push(p.apply(d)?)?;
+                }
+                return Ok(out.docs);
+            }
             Stage::AddFields(fields) => {
+                let mut budget = MemoryBudget::new(label(name));
                 for d in &mut docs {
+                    deadline.check()?;
                     let values = fields
                         .iter()
                         .map(|(_, e)| e.eval(d))
@@ -248,14 +433,22 @@ impl Stage {
                     for ((p, _), v) in fields.iter().zip(values) {
                         add_field(d, p, v.as_ref());
                     }
+                    budget.add(d)?;
                 }
             }
-            Stage::Sort(spec) => spec.sort(&mut docs),
+            Stage::Sort(spec) => {
+                let mut budget = MemoryBudget::new("$sort");
+                for d in &docs {
+                    deadline.check()?;
+                    budget.add(d)?;
+                }
+                spec.sort(&mut docs);
+            }
             Stage::Limit(n) => docs.truncate(*n),
             Stage::Skip(n) => {
                 docs.drain(..docs.len().min(*n));
             }
-            Stage::Group(g) => return g.run(&docs),
+            Stage::Group(g) => return g.run(&docs, deadline),
             Stage::Count(name) => {
                 if docs.is_empty() {
                     return Ok(docs);
@@ -269,24 +462,28 @@ impl Stage {
                 return Ok(vec![out]);
             }
             Stage::Unwind(u) => {
-                let mut out = Vec::with_capacity(docs.len());
+                let mut out = Output::new("$unwind", docs.len());
                 for d in docs {
-                    u.run(d, &mut out)?;
+                    deadline.check()?;
+                    u.run(d, &mut out, deadline)?;
                 }
-                return Ok(out);
+                return Ok(out.docs);
             }
             Stage::ReplaceRoot(e) => {
-                return docs
-                    .iter()
-                    .map(|d| match e.eval(d)? {
-                        Some(Bson::Document(root)) => Ok(root),
-                        v => Err(CommandError::bad_value(format!(
+                let mut out = Output::new(label(name), docs.len());
+                for d in &docs {
+                    deadline.check()?;
+                    let root = match e.eval(d)? {
+                        Some(Bson::Document(root)) => root,
+                        v => return Err(CommandError::bad_value(format!(
                             "'newRoot' expression must evaluate to an object, but resulting value was: {}. Type of resulting value: '{}'.",
                             v.as_ref().map_or_else(|| "MISSING".to_owned(), ToString::to_string),
                             v.as_ref().map_or("missing", type_name)
                         ))),
-                    })
-                    .collect();
+                    };
+                    out.push(root)?;
+                }
+                return Ok(out.docs);
             }
         }
         Ok(docs)
@@ -346,6 +543,7 @@ impl Unwind {
                 ))
             }
         };
+        path::check_length(path)?;
         match path.strip_prefix('$') {
             Some(p)
                 if !p.is_empty() && !p.split('.').any(|c| c.is_empty() || c.starts_with('$')) =>
@@ -362,7 +560,7 @@ impl Unwind {
         }
     }
 
-    fn run(&self, doc: Document, out: &mut Vec<Document>) -> CommandResult<()> {
+    fn run(&self, doc: Document, out: &mut Output, deadline: &Deadline) -> CommandResult<()> {
         let with_index = |mut d: Document, i: Bson| -> CommandResult<Document> {
             if let Some(name) = &self.index {
                 path::set(&mut d, name, i)?;
@@ -372,24 +570,25 @@ impl Unwind {
         match path::get(&doc, &self.path) {
             Some(Bson::Array(items)) if !items.is_empty() => {
                 for (i, item) in items.iter().enumerate() {
+                    deadline.check()?;
                     let mut d = doc.clone();
                     path::set(&mut d, &self.path, item.clone())?;
                     out.push(with_index(
                         d,
                         Bson::Int64(i64::try_from(i).unwrap_or(i64::MAX)),
-                    )?);
+                    )?)?;
                 }
             }
             Some(Bson::Array(_)) if self.preserve => {
                 let mut d = doc;
                 path::remove(&mut d, &self.path);
-                out.push(with_index(d, Bson::Null)?);
+                out.push(with_index(d, Bson::Null)?)?;
             }
             None | Some(Bson::Null | Bson::Undefined) if self.preserve => {
-                out.push(with_index(doc, Bson::Null)?)
+                out.push(with_index(doc, Bson::Null)?)?
             }
             None | Some(Bson::Array(_) | Bson::Null | Bson::Undefined) => {}
-            Some(_) => out.push(with_index(doc, Bson::Null)?),
+            Some(_) => out.push(with_index(doc, Bson::Null)?)?,
         }
         Ok(())
     }
@@ -511,46 +710,82 @@ impl Group {
         Ok(Group { id, fields })
     }
 
-    fn run(&self, docs: &[Document]) -> CommandResult<Vec<Document>> {
-        let mut index: BTreeMap<GroupKey, usize> = BTreeMap::new();
-        let mut groups: Vec<(Bson, Vec<State>)> = Vec::new();
+    fn run(&self, docs: &[Document], deadline: &Deadline) -> CommandResult<Vec<Document>> {
+        let mut groups = Groups::new(self);
         for d in docs {
-            let key = self.id.eval(d)?.unwrap_or(Bson::Null);
-            let slot = match index.get(&GroupKey(key.clone())) {
-                Some(&i) => i,
-                None => {
-                    let states = self
-                        .fields
-                        .iter()
-                        .map(|(_, acc, _)| State::new(*acc))
-                        .collect();
-                    groups.push((key.clone(), states));
-                    index.insert(GroupKey(key), groups.len() - 1);
-                    groups.len() - 1
-                }
-            };
-            let Some((_, states)) = groups.get_mut(slot) else {
-                continue;
-            };
-            for ((_, _, e), state) in self.fields.iter().zip(states.iter_mut()) {
-                state.add(if matches!(state, State::Count(_)) {
-                    None
-                } else {
-                    e.eval(d)?
-                });
-            }
+            deadline.check()?;
+            groups.add(d)?;
         }
-        Ok(groups
+        Ok(groups.finish())
+    }
+}
+
+/// The groups of a `$group` stage being built, one input document at a time.
+struct Groups<'g> {
+    group: &'g Group,
+    index: BTreeMap<GroupKey, usize>,
+    groups: Vec<(Bson, Vec<State>)>,
+    /// Groups and the values `$push`/`$addToSet` collect are what the stage holds.
+    budget: MemoryBudget,
+}
+
+impl<'g> Groups<'g> {
+    fn new(group: &'g Group) -> Self {
+        Self {
+            group,
+            index: BTreeMap::new(),
+            groups: Vec::new(),
+            budget: MemoryBudget::new("$group"),
+        }
+    }
+
+    fn add(&mut self, d: &Document) -> CommandResult<()> {
+        let key = self.group.id.eval(d)?.unwrap_or(Bson::Null);
+        let slot = match self.index.get(&GroupKey(key.clone())) {
+            Some(&i) => i,
+            None => {
+                self.budget.add_bytes(approx_value_size(&key) + 64)?;
+                let states = self
+                    .group
+                    .fields
+                    .iter()
+                    .map(|(_, acc, _)| State::new(*acc))
+                    .collect();
+                self.groups.push((key.clone(), states));
+                self.index.insert(GroupKey(key), self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        let Some((_, states)) = self.groups.get_mut(slot) else {
+            return Ok(());
+        };
+        for ((_, _, e), state) in self.group.fields.iter().zip(states.iter_mut()) {
+            let value = if matches!(state, State::Count(_)) {
+                None
+            } else {
+                e.eval(d)?
+            };
+            if let (State::Push(_) | State::Set(_), Some(v)) = (&state, &value) {
+                self.budget.add_bytes(approx_value_size(v))?;
+            }
+            state.add(value);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<Document> {
+        let fields = &self.group.fields;
+        self.groups
             .into_iter()
             .map(|(key, states)| {
                 let mut out = Document::new();
                 out.insert("_id", key);
-                for ((name, _, _), state) in self.fields.iter().zip(states) {
+                for ((name, _, _), state) in fields.iter().zip(states) {
                     out.insert(name.clone(), state.finish());
                 }
                 out
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -630,7 +865,7 @@ mod tests {
         let Bson::Array(stages) = stages else {
             panic!("stages must be an array")
         };
-        Pipeline::parse(&stages)?.run(input)
+        Pipeline::parse(&stages)?.run(input, &Deadline::none())
     }
 
     fn sales() -> Vec<Document> {

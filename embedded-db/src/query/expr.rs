@@ -137,10 +137,12 @@ impl Expr {
     pub(crate) fn parse(v: &Bson) -> CommandResult<Expr> {
         match v {
             Bson::String(s) if s.starts_with("$$") => {
+                super::path::check_length(s)?;
                 parse_variable(s.get(2..).unwrap_or_default())
             }
             Bson::String(s) if s.starts_with('$') => match s.get(1..) {
                 Some(p) if !p.is_empty() && !p.split('.').any(str::is_empty) => {
+                    super::path::check_length(p)?;
                     Ok(Expr::Field(Some(p.to_owned())))
                 }
                 _ => Err(CommandError::bad_value(format!(

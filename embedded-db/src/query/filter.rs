@@ -40,7 +40,7 @@ enum Cond {
 enum Op {
     Eq(Bson),
     Cmp(CmpOp, Bson),
-    In(Vec<InItem>),
+    In(Box<InSet>),
     Exists,
     /// Type codes; 0 stands for the `"number"` alias.
     Type(Vec<i32>),
@@ -58,10 +58,19 @@ enum CmpOp {
     Lte,
 }
 
-#[derive(Debug, Clone)]
-enum InItem {
-    Value(Bson),
-    Regex(Pattern),
+/// The operand of `$in`: values by their key encoding (equal values, `1` and `1.0` among
+/// them, encode alike), so that a test is one hash lookup however long the list is.
+#[derive(Debug, Clone, Default)]
+struct InSet {
+    values: std::collections::HashSet<Vec<u8>>,
+    has_null: bool,
+    regexes: Vec<Pattern>,
+}
+
+impl InSet {
+    fn contains(&self, v: &Bson) -> bool {
+        self.values.contains(&crate::keys::encode(v)) || self.regexes.iter().any(|p| p.matches(v))
+    }
 }
 
 /// A compiled regular expression together with its BSON source.
@@ -277,7 +286,7 @@ impl Op {
     fn matches_missing(&self) -> bool {
         match self {
             Op::Eq(x) | Op::Cmp(CmpOp::Gte | CmpOp::Lte, x) => bracket(x) == bracket(&Bson::Null),
-            Op::In(items) => items.iter().any(|i| matches!(i, InItem::Value(Bson::Null))),
+            Op::In(set) => set.has_null,
             _ => false,
         }
     }
@@ -296,10 +305,7 @@ impl Op {
                     }
                 }
             }
-            Op::In(items) => items.iter().any(|i| match i {
-                InItem::Value(x) => values_equal(v, x),
-                InItem::Regex(p) => p.matches(v),
-            }),
+            Op::In(set) => set.contains(v),
             Op::Type(codes) => codes.iter().any(|&c| {
                 if c == 0 {
                     Num::from_bson(v).is_some()
@@ -335,7 +341,10 @@ fn parse_exprs(filter: &Document) -> CommandResult<Vec<Expr>> {
                     "unknown top level operator: {k}"
                 )))
             }
-            _ => out.push(Expr::Field(key.clone(), parse_conds(value)?)),
+            _ => {
+                path::check_length(key)?;
+                out.push(Expr::Field(key.clone(), parse_conds(value)?));
+            }
         }
     }
     Ok(out)
@@ -462,20 +471,24 @@ pub(crate) fn truthy(v: &Bson) -> bool {
     }
 }
 
-fn parse_in(op: &str, v: &Bson) -> CommandResult<Vec<InItem>> {
+fn parse_in(op: &str, v: &Bson) -> CommandResult<Box<InSet>> {
     let Bson::Array(items) = v else {
         return Err(CommandError::bad_value(format!("{op} needs an array")));
     };
-    items
-        .iter()
-        .map(|item| match item {
-            Bson::RegularExpression(r) => Ok(InItem::Regex(Pattern::new(&r.pattern, &r.options)?)),
+    let mut set = InSet::default();
+    for item in items {
+        match item {
+            Bson::RegularExpression(r) => set.regexes.push(Pattern::new(&r.pattern, &r.options)?),
             Bson::Document(_) if is_operator_doc(item) => {
-                Err(CommandError::bad_value("cannot nest $ under $in"))
+                return Err(CommandError::bad_value("cannot nest $ under $in"))
             }
-            other => Ok(InItem::Value(other.clone())),
-        })
-        .collect()
+            other => {
+                set.has_null |= matches!(other, Bson::Null);
+                set.values.insert(crate::keys::encode(other));
+            }
+        }
+    }
+    Ok(Box::new(set))
 }
 
 fn parse_all(v: &Bson) -> CommandResult<Vec<Cond>> {
@@ -484,7 +497,7 @@ fn parse_all(v: &Bson) -> CommandResult<Vec<Cond>> {
     };
     if items.is_empty() {
         // `$all: []` matches nothing.
-        return Ok(vec![Cond::Op(Op::In(Vec::new()))]);
+        return Ok(vec![Cond::Op(Op::In(Box::default()))]);
     }
     items
         .iter()

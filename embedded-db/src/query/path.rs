@@ -5,6 +5,23 @@ use bson::{Bson, Document};
 
 use crate::error::{CommandError, CommandResult, ErrorCode};
 
+/// Most components a field path may have (`mongod`'s maximum BSON depth). Paths are walked
+/// component by component, some of it recursively, and a path can build a document as deep as
+/// it is long: this bound is what keeps a path like `"a.a.a…"` from exhausting a stack.
+pub(crate) const MAX_PATH_COMPONENTS: usize = 200;
+
+/// Fails with `Overflow` (15, "FieldPath is too long", as `mongod`) when `path` has more than
+/// [`MAX_PATH_COMPONENTS`] components. Every parser that accepts a field path calls it.
+pub(crate) fn check_length(path: &str) -> CommandResult<()> {
+    if path.bytes().filter(|b| *b == b'.').count() >= MAX_PATH_COMPONENTS {
+        return Err(CommandError::new(
+            ErrorCode::Overflow,
+            "FieldPath is too long",
+        ));
+    }
+    Ok(())
+}
+
 /// Splits `"a.b.c"` into `("a", Some("b.c"))`; a path without dots gives `(path, None)`.
 pub(crate) fn split_first(path: &str) -> (&str, Option<&str>) {
     match path.split_once('.') {

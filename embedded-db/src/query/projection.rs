@@ -211,6 +211,7 @@ impl Parser {
             }
             _ => (path, action),
         };
+        super::path::check_length(path)?;
         if path.is_empty() || path.split('.').any(|p| p.is_empty() || p.starts_with('$')) {
             return Err(CommandError::bad_value(format!(
                 "Invalid projection field name '{path}'"

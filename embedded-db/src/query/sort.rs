@@ -39,21 +39,24 @@ impl SortSpec {
     /// Parses `{field: 1 | -1, ...}` (any numeric type). `{$meta: ...}` and any
     /// other value are `BadValue`. An empty document sorts nothing.
     pub(crate) fn parse(spec: &Document) -> CommandResult<SortSpec> {
-        let keys = spec
-            .iter()
-            .map(|(field, v)| match as_integral(v) {
-                Some(1) => Ok((field.clone(), true)),
-                Some(-1) => Ok((field.clone(), false)),
+        let mut keys = Vec::with_capacity(spec.len());
+        for (field, v) in spec {
+            super::path::check_length(field)?;
+            keys.push(match as_integral(v) {
+                Some(1) => (field.clone(), true),
+                Some(-1) => (field.clone(), false),
                 _ if matches!(v, Bson::Document(d) if d.contains_key("$meta")) => {
-                    Err(CommandError::bad_value(format!(
+                    return Err(CommandError::bad_value(format!(
                         "$meta sort by {field} is not supported by this server"
                     )))
                 }
-                _ => Err(CommandError::bad_value(format!(
-                    "bad sort specification: {field} must be 1 or -1, got {v}"
-                ))),
-            })
-            .collect::<CommandResult<_>>()?;
+                _ => {
+                    return Err(CommandError::bad_value(format!(
+                        "bad sort specification: {field} must be 1 or -1, got {v}"
+                    )))
+                }
+            });
+        }
         Ok(SortSpec { keys })
     }
 

@@ -192,6 +192,28 @@ impl UpdateSpec {
     }
 }
 
+/// `Overflow` when `doc` nests documents and arrays deeper than [`MAX_STORED_DEPTH`];
+/// walks with an explicit stack, so any depth is safe to check.
+fn check_depth(doc: &Document) -> CommandResult<()> {
+    let mut stack: Vec<(&Bson, usize)> = doc.values().map(|v| (v, 1)).collect();
+    while let Some((value, parent_depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Bson>> = match value {
+            Bson::Document(d) => Box::new(d.values()),
+            Bson::Array(items) => Box::new(items.iter()),
+            _ => continue,
+        };
+        let depth = parent_depth + 1;
+        if depth > MAX_STORED_DEPTH {
+            return Err(CommandError::new(
+                ErrorCode::Overflow,
+                format!("Document exceeds maximum nesting depth of {MAX_STORED_DEPTH}"),
+            ));
+        }
+        stack.extend(children.map(|c| (c, depth)));
+    }
+    Ok(())
+}
+
 fn replace(doc: &mut Document, r: &Document) -> CommandResult<UpdateOutcome> {
     let mut new = Document::new();
     match (doc.get("_id"), r.get("_id")) {
@@ -219,10 +241,16 @@ fn replace(doc: &mut Document, r: &Document) -> CommandResult<UpdateOutcome> {
     })
 }
 
-/// Rejects documents that cannot be stored: top-level field names starting
-/// with `$` (`DollarPrefixedFieldName`), and an `_id` that is an array, regex
-/// or undefined (`InvalidIdField`) or a document with `$`-prefixed fields.
+/// Most levels of documents and arrays a stored document may nest (the document itself
+/// is the first), as mongod documents it.
+pub(crate) const MAX_STORED_DEPTH: usize = 100;
+
+/// Rejects documents that cannot be stored: nesting deeper than [`MAX_STORED_DEPTH`]
+/// (`Overflow`), top-level field names starting with `$` (`DollarPrefixedFieldName`), and an
+/// `_id` that is an array, regex or undefined (`InvalidIdField`) or a document with
+/// `$`-prefixed fields.
 pub(crate) fn validate_for_storage(doc: &Document) -> CommandResult<()> {
+    check_depth(doc)?;
     if let Some(k) = doc.keys().find(|k| k.starts_with('$')) {
         return Err(CommandError::new(
             ErrorCode::DollarPrefixedFieldName,

@@ -16,6 +16,10 @@ pub(crate) struct ReadCtx {
     pub(super) txn: ReadTransaction,
 }
 
+/// What [`Snapshot::for_each_after`] calls with each document: its encoded `_id` key, its
+/// stored size and the document; returns whether to go on.
+pub(crate) type DocVisitor<'a> = dyn FnMut(&[u8], usize, Document) -> CommandResult<bool> + 'a;
+
 /// What reads need from a snapshot, whether a read transaction or the write transaction
 /// (which sees its own uncommitted changes).
 pub(crate) trait Snapshot {
@@ -27,9 +31,28 @@ pub(crate) trait Snapshot {
     fn scan(&self, meta: &CollectionMeta) -> CommandResult<Vec<Document>>;
     /// The document whose `_id` equals `id`.
     fn find_by_id(&self, meta: &CollectionMeta, id: &Bson) -> CommandResult<Option<Document>>;
+    /// Calls `visit` with each document of the collection whose encoded `_id` sorts after
+    /// `after` (every document when `after` is empty), in `_id` order, with that key and the
+    /// document's stored size, until `visit` returns false. Holds one document at a time.
+    fn for_each_after(
+        &self,
+        meta: &CollectionMeta,
+        after: &[u8],
+        visit: &mut DocVisitor<'_>,
+    ) -> CommandResult<()>;
 }
 
 impl Snapshot for ReadCtx {
+    fn for_each_after(
+        &self,
+        meta: &CollectionMeta,
+        after: &[u8],
+        visit: &mut DocVisitor<'_>,
+    ) -> CommandResult<()> {
+        let table = self.txn.open_table(DOCUMENTS).map_err(storage_error)?;
+        visit_documents(&table, meta, after, visit)
+    }
+
     fn collection(&self, ns: &Namespace) -> CommandResult<Option<CollectionMeta>> {
         let table = self.txn.open_table(CATALOG).map_err(storage_error)?;
         get_collection(&table, ns)
@@ -52,6 +75,16 @@ impl Snapshot for ReadCtx {
 }
 
 impl Snapshot for WriteCtx<'_> {
+    fn for_each_after(
+        &self,
+        meta: &CollectionMeta,
+        after: &[u8],
+        visit: &mut DocVisitor<'_>,
+    ) -> CommandResult<()> {
+        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+        visit_documents(&table, meta, after, visit)
+    }
+
     fn collection(&self, ns: &Namespace) -> CommandResult<Option<CollectionMeta>> {
         let table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
         get_collection(&table, ns)
@@ -204,6 +237,33 @@ fn scan_documents(
         out.push(Document::from_reader(value.value()).map_err(storage_error)?);
     }
     Ok(out)
+}
+
+fn visit_documents(
+    table: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    meta: &CollectionMeta,
+    after: &[u8],
+    visit: &mut DocVisitor<'_>,
+) -> CommandResult<()> {
+    use std::ops::Bound;
+    let prefix = meta.key_prefix();
+    let empty: &[u8] = &[];
+    // No `_id` encodes to the empty key, so "after the empty key" is "from the start".
+    let range = table
+        .range::<(u64, &[u8])>((
+            Bound::Excluded((prefix, after)),
+            Bound::Excluded((prefix + 1, empty)),
+        ))
+        .map_err(storage_error)?;
+    for entry in range {
+        let (key, value) = entry.map_err(storage_error)?;
+        let bytes = value.value();
+        let doc = Document::from_reader(bytes).map_err(storage_error)?;
+        if !visit(key.value().1, bytes.len(), doc)? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn get_document(

@@ -2,6 +2,7 @@
 //! and change records.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 
 use bson::{doc, Bson, Document};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
@@ -17,6 +18,42 @@ use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::keys;
 use crate::namespace::Namespace;
 
+/// When each collection was last written (catalog or documents), as the writer saw it, so
+/// that a write's read phase can tell whether its snapshot still holds. A collection not
+/// written since the writer started counts as written at the start position.
+#[derive(Debug)]
+pub(super) struct Touched {
+    start: Position,
+    by_ns: HashMap<String, Position>,
+}
+
+impl Touched {
+    /// Nothing written after `start` yet.
+    pub(super) fn since(start: Position) -> Self {
+        Self {
+            start,
+            by_ns: HashMap::new(),
+        }
+    }
+
+    fn mark(&mut self, ns: &Namespace, pos: Position) {
+        self.by_ns.insert(ns.key(), pos);
+    }
+
+    fn last(&self, ns: &Namespace) -> Position {
+        self.by_ns.get(&ns.key()).copied().unwrap_or(self.start)
+    }
+}
+
+/// `keyValue` of a duplicate-key error: the index's fields with the clashing values.
+fn key_value(index: &IndexMeta, values: Vec<Bson>) -> Document {
+    let mut out = Document::new();
+    for ((field, _), value) in index.key.iter().zip(values) {
+        out.insert(field.clone(), value);
+    }
+    out
+}
+
 /// Write access inside one group-commit transaction.
 pub(crate) struct WriteCtx<'t> {
     pub(super) txn: &'t WriteTransaction,
@@ -27,6 +64,8 @@ pub(crate) struct WriteCtx<'t> {
     pub(super) failed: Cell<bool>,
     /// Change records of this transaction, published to readers after commit.
     pub(super) written: Vec<(Position, Document)>,
+    /// When each collection was last written, across transactions.
+    pub(super) touched: &'t mut Touched,
 }
 
 impl WriteCtx<'_> {
@@ -84,11 +123,23 @@ impl WriteCtx<'_> {
         meta: &CollectionMeta,
     ) -> CommandResult<()> {
         let bytes = bson::to_vec(meta).map_err(|e| self.fail(e))?;
-        let mut table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
-        table
-            .insert(ns.key().as_str(), bytes.as_slice())
-            .map_err(|e| self.fail(e))?;
+        {
+            let mut table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
+            table
+                .insert(ns.key().as_str(), bytes.as_slice())
+                .map_err(|e| self.fail(e))?;
+        }
+        // A catalog change takes a position of its own (no change record), so that snapshots
+        // taken after it are newer than it.
+        let pos = self.counters.next_position();
+        self.touched.mark(ns, pos);
         Ok(())
+    }
+
+    /// Whether the collection `ns` was written (documents or catalog) after position `pos`,
+    /// in this transaction or a committed one.
+    pub(crate) fn touched_since(&self, ns: &Namespace, pos: Position) -> bool {
+        self.touched.last(ns) > pos
     }
 
     /// Drops the collection with its documents and index keys, recording a `drop` change.
@@ -148,7 +199,8 @@ impl WriteCtx<'_> {
     }
 
     /// Inserts a new document (its `_id` must be set), enforcing the `_id` and unique indexes,
-    /// and records an `insert` change.
+    /// and records an `insert` change. Everything is checked before anything is written:
+    /// on an error the collection and its indexes are as before.
     pub(crate) fn insert(
         &mut self,
         ns: &Namespace,
@@ -159,7 +211,7 @@ impl WriteCtx<'_> {
         let id_key = keys::encode(&id);
         let bytes = encode_document(&doc)?;
         {
-            let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+            let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
             if table
                 .get((meta.key_prefix(), id_key.as_slice()))
                 .map_err(|e| self.fail(e))?
@@ -172,7 +224,11 @@ impl WriteCtx<'_> {
                     &doc! { "_id": id },
                 ));
             }
-            self.add_index_keys(ns, meta, &doc, &id_key)?;
+        }
+        let index_entries = self.check_index_keys(ns, meta, &doc, &id_key)?;
+        self.put_index_keys(&index_entries, &id_key)?;
+        {
+            let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
             table
                 .insert((meta.key_prefix(), id_key.as_slice()), bytes.as_slice())
                 .map_err(|e| self.fail(e))?;
@@ -185,6 +241,8 @@ impl WriteCtx<'_> {
     }
 
     /// Replaces `old` by `new` (same `_id`), keeping unique indexes right, and records `change`.
+    /// Everything is checked before anything is written: on an error the document and the
+    /// indexes are as before.
     pub(crate) fn replace(
         &mut self,
         ns: &Namespace,
@@ -196,8 +254,10 @@ impl WriteCtx<'_> {
         let id = new.get("_id").cloned().unwrap_or(Bson::Null);
         let id_key = keys::encode(&id);
         let bytes = encode_document(new)?;
+        // Keys the document itself holds pass the check: they are its own.
+        let index_entries = self.check_index_keys(ns, meta, new, &id_key)?;
         self.remove_index_keys(meta, old)?;
-        self.add_index_keys(ns, meta, new, &id_key)?;
+        self.put_index_keys(&index_entries, &id_key)?;
         {
             let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
             table
@@ -231,7 +291,8 @@ impl WriteCtx<'_> {
         })
     }
 
-    /// Adds the entries of a new unique index for every existing document (11000 on a clash).
+    /// Adds the entries of a new unique index for every existing document; 11000 on a clash,
+    /// found before any entry is written (a failed build leaves nothing behind).
     pub(crate) fn build_index(
         &mut self,
         ns: &Namespace,
@@ -241,13 +302,32 @@ impl WriteCtx<'_> {
         if !index.unique {
             return Ok(());
         }
-        let only = CollectionMeta {
-            indexes: vec![index.clone()],
-            ..meta.clone()
-        };
+        let mut entries: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+            std::collections::BTreeMap::new();
         for doc in self.scan(meta)? {
             let id_key = keys::encode(doc.get("_id").unwrap_or(&Bson::Null));
-            self.add_index_keys(ns, &only, &doc, &id_key)?;
+            for (key, values) in index_keys(index, &doc)? {
+                match entries.get(&key) {
+                    Some(owner) if *owner != id_key => {
+                        return Err(duplicate_key(
+                            ns,
+                            &index.name,
+                            &index.key,
+                            &key_value(index, values),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        entries.insert(key, id_key.clone());
+                    }
+                }
+            }
+        }
+        let mut table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+        for (key, owner) in &entries {
+            table
+                .insert((id_to_key(index.id), key.as_slice()), owner.as_slice())
+                .map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
@@ -262,36 +342,43 @@ impl WriteCtx<'_> {
         self.next_id()
     }
 
-    fn add_index_keys(
+    /// The unique-index entries `doc` (whose `_id` encodes to `id_key`) needs, as (index key
+    /// prefix, key); 11000 when another document holds one of them. Writes nothing.
+    fn check_index_keys(
         &self,
         ns: &Namespace,
         meta: &CollectionMeta,
         doc: &Document,
         id_key: &[u8],
-    ) -> CommandResult<()> {
-        let mut table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+    ) -> CommandResult<Vec<(u64, Vec<u8>)>> {
+        let table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+        let mut entries = Vec::new();
         for index in meta.indexes.iter().filter(|i| i.unique) {
             for (key, values) in index_keys(index, doc)? {
-                let existing = table
+                let owner = table
                     .get((id_to_key(index.id), key.as_slice()))
-                    .map_err(|e| self.fail(e))?
-                    .map(|v| v.value().to_vec());
-                match existing {
-                    Some(owner) if owner != id_key => {
-                        let mut key_value = Document::new();
-                        for ((field, _), value) in index.key.iter().zip(values) {
-                            key_value.insert(field.clone(), value);
-                        }
-                        return Err(duplicate_key(ns, &index.name, &index.key, &key_value));
-                    }
-                    Some(_) => {}
-                    None => {
-                        table
-                            .insert((id_to_key(index.id), key.as_slice()), id_key)
-                            .map_err(|e| self.fail(e))?;
-                    }
+                    .map_err(|e| self.fail(e))?;
+                if owner.is_some_and(|o| o.value() != id_key) {
+                    return Err(duplicate_key(
+                        ns,
+                        &index.name,
+                        &index.key,
+                        &key_value(index, values),
+                    ));
                 }
+                entries.push((id_to_key(index.id), key));
             }
+        }
+        Ok(entries)
+    }
+
+    /// Writes unique-index entries checked by [`WriteCtx::check_index_keys`].
+    fn put_index_keys(&self, entries: &[(u64, Vec<u8>)], id_key: &[u8]) -> CommandResult<()> {
+        let mut table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+        for (prefix, key) in entries {
+            table
+                .insert((*prefix, key.as_slice()), id_key)
+                .map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
@@ -321,6 +408,18 @@ impl WriteCtx<'_> {
         }
         self.counters.change_count += 1;
         self.written.push((pos, record));
+        match change {
+            ChangeRecord::Insert { ns, .. }
+            | ChangeRecord::Update { ns, .. }
+            | ChangeRecord::Replace { ns, .. }
+            | ChangeRecord::Delete { ns, .. }
+            | ChangeRecord::Drop { ns } => self.touched.mark(ns, pos),
+            ChangeRecord::Rename { from, to } => {
+                self.touched.mark(from, pos);
+                self.touched.mark(to, pos);
+            }
+            ChangeRecord::DropDatabase { .. } => {}
+        }
         Ok(())
     }
 

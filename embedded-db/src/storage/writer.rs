@@ -12,6 +12,8 @@ use tokio::sync::{oneshot, watch};
 use super::changelog::{unix_seconds, Position, RecentChanges};
 use super::read::ReadCtx;
 use super::schema::{CATALOG, CHANGES, DOCUMENTS, META, UNIQUE_KEYS};
+use super::sessions::SESSIONS;
+use super::write::Touched;
 use super::write::WriteCtx;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 
@@ -223,6 +225,7 @@ fn init_counters(db: &Database) -> Result<Counters, redb::Error> {
         txn.open_table(DOCUMENTS)?;
         txn.open_table(UNIQUE_KEYS)?;
         txn.open_table(CHANGES)?;
+        txn.open_table(SESSIONS)?;
         let get = |name: &str| -> Result<Option<u64>, redb::Error> {
             Ok(meta.get(name)?.map(|v| v.value()))
         };
@@ -275,6 +278,7 @@ fn writer_loop(
     mut counters: Counters,
     history_limit: u64,
 ) -> Option<oneshot::Sender<()>> {
+    let mut touched = Touched::since(counters.last_position);
     while let Ok(first) = rx.recv() {
         let mut jobs = Vec::new();
         let mut stop = None;
@@ -290,7 +294,7 @@ fn writer_loop(
             }
         }
         if !jobs.is_empty() {
-            counters = commit_group(db, jobs, counters, history_limit, published);
+            counters = commit_group(db, jobs, counters, history_limit, published, &mut touched);
         }
         if stop.is_some() {
             return stop;
@@ -306,6 +310,7 @@ fn commit_group(
     counters: Counters,
     history_limit: u64,
     published: &Published,
+    touched: &mut Touched,
 ) -> Counters {
     let fail_all = |jobs: Vec<Completion>, why: &str| {
         for done in jobs {
@@ -329,6 +334,7 @@ fn commit_group(
         wall: bson::DateTime::now(),
         failed: Cell::new(false),
         written: Vec::new(),
+        touched,
     };
     let mut completions = Vec::with_capacity(jobs.len());
     for job in jobs {

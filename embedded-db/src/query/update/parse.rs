@@ -36,6 +36,7 @@ pub(super) fn parse_operators(d: &Document) -> CommandResult<Vec<FieldUpdate>> {
 }
 
 pub(super) fn validate_update_path(p: &str) -> CommandResult<()> {
+    path::check_length(p)?;
     if p.is_empty() {
         return Err(CommandError::failed_to_parse(
             "An empty update path is not valid.",
@@ -101,6 +102,7 @@ pub(super) fn parse_op(name: &str, p: &str, v: &Bson) -> CommandResult<UpdateOp>
                     "The source and target field for $rename must differ and not be on the same path: {p}: {to}"
                 )));
             }
+            path::check_length(to)?;
             UpdateOp::Rename(to.clone())
         }
         "$push" => UpdateOp::Push(Box::new(parse_push(v)?)),
