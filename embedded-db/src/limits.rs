@@ -144,8 +144,8 @@ pub(crate) fn approx_value_size(value: &Bson) -> usize {
                 5
             }
             Bson::Array(items) => {
-                // Array keys are the decimal indexes.
-                size += items.len() * 4;
+                // Array keys are the decimal indexes, each with a type byte and a NUL.
+                size += index_keys_len(items.len()) + 2 * items.len();
                 stack.extend(items.iter());
                 5
             }
@@ -163,6 +163,19 @@ pub(crate) fn approx_value_size(value: &Bson) -> usize {
         };
     }
     size
+}
+
+/// Total length of the decimal keys `"0"`, `"1"`, … of an array of `n` elements.
+fn index_keys_len(n: usize) -> usize {
+    let mut total = 0;
+    let (mut digits, mut start) = (1, 0usize);
+    while start < n {
+        let end = start.saturating_mul(10).max(10).min(n);
+        total += (end - start) * digits;
+        start = end;
+        digits += 1;
+    }
+    total
 }
 
 #[cfg(test)]
@@ -187,6 +200,17 @@ mod tests {
         let exact = bson::to_vec(&d).map(|v| v.len()).unwrap_or(0);
         let approx = approx_size(&d);
         assert!(approx.abs_diff(exact) <= exact / 4, "{approx} vs {exact}");
+    }
+
+    #[test]
+    fn array_sizes_count_their_keys() {
+        assert_eq!(index_keys_len(0), 0);
+        assert_eq!(index_keys_len(10), 10);
+        assert_eq!(index_keys_len(11), 12);
+        assert_eq!(index_keys_len(101), 10 + 180 + 3);
+        let d = doc! { "a": (0..1000).map(Bson::Int32).collect::<Vec<_>>() };
+        let exact = bson::to_vec(&d).map(|v| v.len()).unwrap_or(0);
+        assert_eq!(approx_size(&d), exact);
     }
 
     #[test]

@@ -176,6 +176,20 @@ impl UpdateSpec {
             }
             for p in expand(&u.path, doc, &work, ctx, &filters)? {
                 apply_op(&mut work, &p, &u.op, ctx, &mut changes)?;
+                // A numeric component may pad an array with up to 1,500,000 nulls: stop as
+                // soon as the document outgrows what could be stored, not after every path
+                // of the update has padded its own array.
+                if p.split('.').any(|c| array_index(c).is_some())
+                    && crate::limits::approx_size(&work) > crate::wire::MAX_BSON_OBJECT_SIZE
+                {
+                    return Err(CommandError::new(
+                        ErrorCode::BsonObjectTooLarge,
+                        format!(
+                            "Resulting document after update is larger than {}",
+                            crate::wire::MAX_BSON_OBJECT_SIZE
+                        ),
+                    ));
+                }
             }
         }
         if let Some(old) = doc.get("_id") {
@@ -305,6 +319,41 @@ mod tests {
 
     fn code(mut d: Document, u: Document) -> ErrorCode {
         upd(&mut d, u).unwrap_err().code
+    }
+
+    #[test]
+    fn stored_depth_is_bounded() {
+        let mut deep = doc! { "leaf": 1 };
+        for _ in 1..MAX_STORED_DEPTH {
+            deep = doc! { "a": deep };
+        }
+        assert!(
+            validate_for_storage(&deep).is_ok(),
+            "the limit itself is fine"
+        );
+        let deeper = doc! { "a": [deep] };
+        assert_eq!(
+            validate_for_storage(&deeper).unwrap_err().code,
+            ErrorCode::Overflow
+        );
+    }
+
+    #[test]
+    fn padding_many_arrays_stops_at_the_document_limit() {
+        let mut set = Document::new();
+        for field in ["a", "b", "c", "d", "e"] {
+            set.insert(format!("{field}.1400000"), 1);
+        }
+        let arrays = doc! { "a": [], "b": [], "c": [], "d": [], "e": [] };
+        assert_eq!(
+            code(arrays.clone(), doc! { "$set": set }),
+            ErrorCode::BsonObjectTooLarge
+        );
+        assert_eq!(
+            code(arrays, doc! { "$set": { "x": 1, "a.1600000": 1 } }),
+            ErrorCode::BadValue,
+            "one path past the backfill limit"
+        );
     }
 
     #[test]
