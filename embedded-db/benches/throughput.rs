@@ -12,7 +12,12 @@
 //!    200 inserts 5 ms apart, each carrying its send time taken just before `insert_one`, so
 //!    a figure spans the durable commit, the event's delivery and its decoding by the driver
 //!    (target p99 < 5 ms with 100 streams);
-//! 6. process RSS before opening the 100 streams, after opening them and after 5 s idle.
+//! 6. process RSS before opening the 100 streams, after opening them and after 5 s idle;
+//! 7. `insert_one` latency p50/p99 on one collection while a `deleteMany` of 100,000
+//!    documents runs on another (the delete must not hold up other writes: target p99 < 50 ms),
+//!    and how long the delete took;
+//! 8. RSS of the server with 1,000 more idle connections (each has done a `hello`), per
+//!    connection.
 //!
 //! Run: `cargo bench -p embedded-db --bench throughput`.
 //! Env: `BENCH_SECONDS` (default 3) sets the length of each timed phase, so
@@ -44,6 +49,10 @@ const LATENCY_GAP: Duration = Duration::from_millis(5);
 /// Change streams in the many-watchers phase, and how long they idle before the RSS reading.
 const STREAMS: usize = 100;
 const IDLE: Duration = Duration::from_secs(5);
+/// Documents the `deleteMany` phase deletes.
+const DELETE_DOCS: usize = 100_000;
+/// Idle connections in the memory phase.
+const IDLE_CONNECTIONS: usize = 1_000;
 /// 100 bytes of filler per document.
 const PAYLOAD: &str = concat!(
     "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",
@@ -60,7 +69,12 @@ async fn main() {
     let parent = std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(&parent).expect("create the data directory");
     let addr = "127.0.0.1:0".parse().expect("literal address");
-    let server = embedded_db::Server::start(embedded_db::Config::new(addr, dir.path()))
+    let config = embedded_db::Config {
+        // The driver pools and the idle-connection phase need more than the default 1,000.
+        max_connections: 4 * IDLE_CONNECTIONS,
+        ..embedded_db::Config::new(addr, dir.path())
+    };
+    let server = embedded_db::Server::start(config)
         .await
         .expect("start embedded-db");
     println!(
@@ -183,9 +197,92 @@ async fn main() {
         );
     }
 
+    // (7): writes while a large deleteMany runs.
+    let doomed = db.collection::<Document>("doomed");
+    for chunk in 0..(DELETE_DOCS / BATCH) as i64 {
+        let docs = (0..BATCH as i64).map(|k| user_doc(chunk * BATCH as i64 + k));
+        doomed
+            .insert_many(docs)
+            .await
+            .expect("preload the doomed collection");
+    }
+    let deleter = {
+        let doomed = doomed.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let deleted = doomed.delete_many(doc! {}).await.expect("deleteMany");
+            (deleted.deleted_count, t.elapsed())
+        })
+    };
+    let beside = db.collection::<Document>("beside");
+    let mut latencies = new_histogram();
+    let mut n = 0i64;
+    while !deleter.is_finished() {
+        let t = Instant::now();
+        beside
+            .insert_one(user_doc(n))
+            .await
+            .expect("insert beside the delete");
+        latencies
+            .record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))
+            .expect("record");
+        n += 1;
+    }
+    let (deleted, took) = deleter.await.expect("delete task");
+    assert_eq!(deleted, DELETE_DOCS as u64, "every document deleted");
+    let p99 = latencies.value_at_quantile(0.99);
+    summary.add(
+        "insert_one while deleteMany of 100,000 runs",
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms ({} inserts; delete took {:.2} s)",
+            ms(latencies.value_at_quantile(0.5)),
+            ms(p99),
+            latencies.len(),
+            took.as_secs_f64()
+        ),
+        Some((p99 < 50_000, "p99 < 50 ms")),
+    );
+
+    // (8): memory per idle connection.
+    let rss_before = rss_kib();
+    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        idle.push(hello_connection(server.local_addr()).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = rss_kib();
+    let per = match (rss_before, rss_after) {
+        (Some(a), Some(b)) => format!(
+            "{:.1} KiB each",
+            b.saturating_sub(a) as f64 / IDLE_CONNECTIONS as f64
+        ),
+        _ => "unknown".to_owned(),
+    };
+    summary.add(
+        "RSS: before → with 1,000 idle connections",
+        format!("{} → {} ({per})", mib(rss_before), mib(rss_after)),
+        None,
+    );
+    drop(idle);
+
     summary.print_table();
     drop((client, watch_client));
     server.shutdown().await;
+}
+
+/// A raw connection that has done a `hello` (as a pooled driver connection has), then idles.
+async fn hello_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let frame = embedded_db::wire::encode_request(1, &doc! { "hello": 1, "$db": "admin" })
+        .expect("encode hello");
+    stream.write_all(&frame).await.expect("send hello");
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await.expect("reply length");
+    let len = usize::try_from(i32::from_le_bytes(header)).expect("length") - 4;
+    let mut rest = vec![0u8; len];
+    stream.read_exact(&mut rest).await.expect("reply");
+    stream
 }
 
 /// A client of `server` whose pool holds up to `pool` connections.

@@ -536,11 +536,111 @@ mod limits {
             .await
             .expect("top-1 sort");
         assert_eq!(top, Some(doc! { "_id": 109, "k": -109 }));
+        // `_id` order is the order of a scan: read lazily, whatever the collection's size.
+        let by_id = coll
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "blob": 0 })
+            .await
+            .expect("find in _id order");
+        let by_id: Vec<Document> = futures::TryStreamExt::try_collect(by_id).await.expect("docs");
+        assert_eq!(by_id.len(), 110);
+        assert_eq!(by_id.first(), Some(&doc! { "_id": 0, "k": 0 }));
         let err = coll
             .aggregate([doc! { "$group": { "_id": null, "all": { "$push": "$blob" } } }])
             .await
             .expect_err("$group over 100 MB");
         assert_eq!(common::code_of(&err), Some(292));
         assert_eq!(coll.count_documents(doc! {}).await.expect("count"), 110);
+    }
+}
+
+mod max_time {
+    use super::*;
+
+    /// With `maxTimeAlwaysTimeOut` on, every command that sets `maxTimeMS` fails with 50
+    /// (MaxTimeMSExpired) without doing anything, and the same commands without a limit, or
+    /// after the fail point is off, succeed: the limit is checked on each of them.
+    #[tokio::test]
+    async fn max_time_ms_is_checked_by_every_command() {
+        let server = common::start_with(|c| c.enable_test_commands = true).await;
+        let db = server.db();
+        let coll: Collection<Document> = db.collection("t");
+        coll.insert_many((0..10).map(|i| doc! { "_id": i, "v": i }))
+            .await
+            .expect("insert");
+        let admin = server.client.database("admin");
+        admin
+            .run_command(doc! { "configureFailPoint": "maxTimeAlwaysTimeOut", "mode": "alwaysOn" })
+            .await
+            .expect("fail point on");
+        let limit = Duration::from_secs(60);
+        let expired = |r: Result<Document, mongodb::error::Error>| {
+            let err = r.expect_err("time limit");
+            assert_eq!(common::code_of(&err), Some(50), "{err}");
+        };
+        expired(
+            coll.find(doc! {})
+                .max_time(limit)
+                .await
+                .map(|_| Document::new()),
+        );
+        expired(
+            coll.count_documents(doc! {})
+                .max_time(limit)
+                .await
+                .map(|_| Document::new()),
+        );
+        expired(
+            coll.distinct("v", doc! {})
+                .max_time(limit)
+                .await
+                .map(|_| Document::new()),
+        );
+        expired(
+            coll.aggregate([doc! { "$match": {} }])
+                .max_time(limit)
+                .await
+                .map(|_| Document::new()),
+        );
+        expired(
+            coll.find_one_and_update(doc! { "_id": 1 }, doc! { "$set": { "v": 100 } })
+                .max_time(limit)
+                .await
+                .map(|_| Document::new()),
+        );
+        let limited = |mut command: Document| {
+            command.insert("maxTimeMS", 60_000);
+            command
+        };
+        expired(db.run_command(limited(doc! { "count": "t" })).await);
+        expired(db.run_command(limited(doc! { "update": "t", "updates": [{ "q": {}, "u": { "$set": { "v": 0 } }, "multi": true }] })).await);
+        expired(
+            db.run_command(limited(
+                doc! { "delete": "t", "deletes": [{ "q": {}, "limit": 0 }] },
+            ))
+            .await,
+        );
+        // Nothing was changed, and commands without a limit still run.
+        assert_eq!(
+            coll.count_documents(doc! { "v": 100 })
+                .await
+                .expect("count"),
+            0
+        );
+        assert_eq!(coll.count_documents(doc! {}).await.expect("count"), 10);
+        admin
+            .run_command(doc! { "configureFailPoint": "maxTimeAlwaysTimeOut", "mode": "off" })
+            .await
+            .expect("fail point off");
+        let found = coll
+            .find(doc! {})
+            .max_time(limit)
+            .await
+            .expect("find within its limit");
+        let docs: Vec<Document> = futures::TryStreamExt::try_collect(found)
+            .await
+            .expect("docs");
+        assert_eq!(docs.len(), 10);
     }
 }

@@ -218,10 +218,11 @@ pub(super) async fn find(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docum
     }
     let deadline = deadline_of(db, body)?;
     let filter = Filter::parse(opt_document(body, "filter")?.unwrap_or(&Document::new()))?;
+    // `{_id: 1}` is the order of a scan: such a find reads lazily like an unsorted one.
     let sort = opt_document(body, "sort")?
         .map(SortSpec::parse)
         .transpose()?
-        .filter(|s| !s.is_empty());
+        .filter(|s| !s.is_empty() && !s.is_id_ascending());
     let projection = opt_document(body, "projection")?
         .map(Projection::parse)
         .transpose()?;

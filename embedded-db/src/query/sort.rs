@@ -60,6 +60,12 @@ impl SortSpec {
         Ok(SortSpec { keys })
     }
 
+    /// True when the specification is exactly `{_id: 1}`: the order storage already returns
+    /// documents in (their `_id` keys are encoded in MongoDB's value order).
+    pub(crate) fn is_id_ascending(&self) -> bool {
+        matches!(self.keys.as_slice(), [(field, true)] if field == "_id")
+    }
+
     /// True when the specification has no keys.
     pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -127,6 +133,9 @@ mod tests {
     #[test]
     fn parses_directions() {
         assert!(SortSpec::parse(&doc! { "a": 1.0, "b": -1i64 }).is_ok());
+        assert!(SortSpec::parse(&doc! { "_id": 1 }).unwrap().is_id_ascending());
+        assert!(!SortSpec::parse(&doc! { "_id": -1 }).unwrap().is_id_ascending());
+        assert!(!SortSpec::parse(&doc! { "_id": 1, "a": 1 }).unwrap().is_id_ascending());
         for bad in [
             doc! { "a": 0 },
             doc! { "a": 2 },
