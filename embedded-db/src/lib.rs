@@ -22,7 +22,8 @@
 //!
 //! - [`wire`]: bytes ↔ OP_MSG / OP_QUERY requests and OP_MSG / OP_REPLY replies (no I/O).
 //! - `connection`: a socket with a read buffer, reading whole frames.
-//! - `server`: the listener, one task per connection, graceful shutdown.
+//! - `server`: the server's own runtime, the listener, one task per connection, graceful
+//!   shutdown.
 //! - `cmd`: the dispatch table and the commands, one file per area.
 //! - `query`: filters, projections, sorting, update operators, aggregation stages.
 //! - `changes`: change streams, resume tokens and event documents.

@@ -5,11 +5,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::runtime::Runtime;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cmd;
@@ -28,6 +29,18 @@ pub const DEFAULT_HISTORY: u64 = 100_000;
 /// Default replica-set name.
 pub const DEFAULT_REPLICA_SET: &str = "rs0";
 
+/// Stack size of every thread that handles client data: the server's runtime workers, its
+/// blocking pool (storage reads) and the storage writer thread.
+///
+/// Decoding, matching, cloning, encoding and dropping a document recurse once per nesting
+/// level, and the BSON decoder alone takes about 20 KiB a level in a debug build, so a
+/// document at `wire::MAX_NESTING_DEPTH` (200) needs about 4 MiB: more than the 2 MiB threads
+/// of a host runtime or a test harness have. 64 MiB leaves ample room. It is virtual memory,
+/// committed only as a thread really uses it.
+pub(crate) const THREAD_STACK_SIZE: usize = 64 * 1024 * 1024;
+/// Threads of the blocking pool at most (each with a [`THREAD_STACK_SIZE`] stack); further
+/// storage reads wait for a free one.
+const MAX_BLOCKING_THREADS: usize = 64;
 /// How long shutdown waits for connections to finish their current command.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -79,31 +92,47 @@ pub enum StartError {
         /// What failed.
         reason: String,
     },
+    /// The server's threads could not be started (the system refused to create threads).
+    #[error("cannot start the database threads: {source}")]
+    Runtime {
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
-/// A running server. Dropping it without [`Server::shutdown`] leaves it running until the
-/// runtime stops.
+/// A running server.
+///
+/// It runs on a runtime of its own (threads named `embedded-db`, [`THREAD_STACK_SIZE`]
+/// stacks), never on the caller's threads, so an application's `#[tokio::main]` or a test's
+/// runtime only awaits it.
+///
+/// Call [`Server::shutdown`] to stop it gracefully. Dropping a `Server` without that stops it
+/// abruptly instead, without blocking and without panicking (also inside an async context):
+/// the listener closes, open connections are cut at their next await point without waiting
+/// for their command, and the runtime's threads wind down in the background. Acknowledged
+/// writes are durable either way (a write is acknowledged only once committed); the data file
+/// is closed asynchronously once the writer thread has finished the writes already queued, so
+/// reopening the same directory right after a drop may find it still in use.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
     replica_set: String,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// `None` once shut down.
+    runtime: Option<Runtime>,
 }
 
 impl Server {
-    /// Opens the data directory, binds the address and starts serving.
+    /// Opens the data directory, binds the address, starts the server's runtime and serves.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let bind_error = |source| StartError::Bind {
             addr: config.addr,
             source,
-        })?;
+        };
+        let listener = std::net::TcpListener::bind(config.addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         let store = Store::open(&config.path, config.history).map_err(|e| StartError::Storage {
             path: config.path.display().to_string(),
             reason: match e {
@@ -111,6 +140,19 @@ impl Server {
                 StoreError::Database(reason) => reason,
             },
         })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
+            .thread_name("embedded-db")
+            .thread_stack_size(THREAD_STACK_SIZE)
+            .enable_all()
+            .build()
+            .map_err(|source| StartError::Runtime { source })?;
+        let listener = {
+            // Registers the socket with the server's runtime, not the caller's.
+            let _runtime = runtime.enter();
+            TcpListener::from_std(listener).map_err(bind_error)?
+        };
         let host = config.advertised_host.clone().unwrap_or_else(|| {
             let ip = if addr.ip().is_unspecified() {
                 "127.0.0.1".to_owned()
@@ -135,13 +177,18 @@ impl Server {
             opcounters: crate::db::OpCounters::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, db, shutdown_rx));
-        tracing::info!(%addr, path = %config.path.display(), "embedded-db listening");
+        let task = runtime.spawn(accept_loop(listener, db, shutdown_rx));
+        tracing::info!(
+            %addr,
+            path = %config.path.display(),
+            "embedded-db listening"
+        );
         Ok(Self {
             addr,
             replica_set: config.replica_set,
             shutdown,
             task,
+            runtime: Some(runtime),
         })
     }
 
@@ -162,10 +209,54 @@ impl Server {
     }
 
     /// Stops accepting, waits (up to a few seconds) for connections to finish their current
-    /// command, and closes the data files after every acknowledged write.
-    pub async fn shutdown(self) {
+    /// command, closes the data files after every acknowledged write, and stops the server's
+    /// threads. Awaitable from any runtime; it never blocks the caller's thread.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+        if let Some(runtime) = self.runtime.take() {
+            dispose(runtime).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            let _ = self.shutdown.send(true);
+            // Never blocks, so it cannot panic inside an async context as dropping would.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Stops `runtime` on a plain thread, where waiting for its blocking pool (storage reads still
+/// running) is allowed, and resolves once it has; dropping a runtime inside an async context
+/// would panic.
+async fn dispose(runtime: Runtime) {
+    let slot = Arc::new(Mutex::new(Some(runtime)));
+    let take =
+        |slot: &Mutex<Option<Runtime>>| slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let (done, stopped) = oneshot::channel();
+    let for_thread = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("embedded-db-stop".into())
+        .spawn(move || {
+            if let Some(runtime) = take(&for_thread) {
+                runtime.shutdown_timeout(DRAIN_TIMEOUT);
+            }
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = stopped.await;
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot start a thread to stop the runtime; stopping it in the background");
+            if let Some(runtime) = take(&slot) {
+                runtime.shutdown_background();
+            }
+        }
     }
 }
 

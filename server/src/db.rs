@@ -49,6 +49,12 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
                     embedded_db::StartError::Storage { .. } => {
                         ConfigError::new("EMBEDDED_DB_PATH", e.to_string())
                     }
+                    // Not a bad value: the system refused threads. `MONGO_URI` is the setting
+                    // that avoids the embedded database altogether.
+                    embedded_db::StartError::Runtime { .. } => ConfigError::new(
+                        "MONGO_URI",
+                        format!("unset, and the embedded database cannot start: {e}"),
+                    ),
                 })?;
             (server.uri(), "EMBEDDED_DB_ADDR", Some(server))
         }

@@ -36,7 +36,8 @@ struct Args {
     advertise: Option<String>,
 }
 
-#[tokio::main]
+// The server runs on a runtime of its own; this one only waits for the shutdown signal.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -55,11 +56,15 @@ async fn main() -> ExitCode {
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(e) => {
-            let variable = match e {
-                embedded_db::StartError::Bind { .. } => "EMBEDDED_DB_ADDR",
-                embedded_db::StartError::Storage { .. } => "EMBEDDED_DB_PATH",
-            };
-            eprintln!("embedded-db: {e} ({variable})");
+            match e {
+                embedded_db::StartError::Bind { .. } => {
+                    eprintln!("embedded-db: {e} (EMBEDDED_DB_ADDR)");
+                }
+                embedded_db::StartError::Storage { .. } => {
+                    eprintln!("embedded-db: {e} (EMBEDDED_DB_PATH)");
+                }
+                embedded_db::StartError::Runtime { .. } => eprintln!("embedded-db: {e}"),
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -10,7 +10,7 @@ use super::Request;
 use crate::db::{ConnInfo, Db};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::storage::timestamp_of;
-use crate::wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_LEN};
+use crate::wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_LEN, MAX_NESTING_DEPTH};
 
 /// The MongoDB version this server answers as (wire version 21).
 const VERSION: &str = "7.0.14";
@@ -85,7 +85,7 @@ fn parameters() -> Document {
         "enableTestCommands": false,
         "authenticationMechanisms": [],
         "transactionLifetimeLimitSeconds": 60,
-        "maxBSONDepth": 100,
+        "maxBSONDepth": i32::try_from(MAX_NESTING_DEPTH).unwrap_or(i32::MAX),
     }
 }
 
