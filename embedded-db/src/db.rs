@@ -17,10 +17,14 @@ pub(crate) struct Db {
     pub(crate) cursors: Cursors,
     /// Identity reported by `hello`, `buildInfo`, `getCmdLineOpts`.
     pub(crate) info: ServerInfo,
-    /// Connections open now.
+    /// Connections served now. Only the accept loop raises it, and only below
+    /// `info.max_connections`, so it never exceeds the limit; each connection lowers it when it
+    /// ends, however it ends.
     pub(crate) connections: AtomicUsize,
-    /// Connections accepted since start; also the source of `connectionId`s.
+    /// Connections served since start; also the source of `connectionId`s.
     pub(crate) connections_created: AtomicU64,
+    /// Connections refused since start because `info.max_connections` were open.
+    pub(crate) connections_rejected: AtomicU64,
     /// Commands served, by kind (`serverStatus.opcounters`).
     pub(crate) opcounters: OpCounters,
 }
@@ -89,6 +93,8 @@ pub(crate) struct ServerInfo {
     pub(crate) path: PathBuf,
     /// When the server started.
     pub(crate) started: Instant,
+    /// Connections served at once (`Config::max_connections`).
+    pub(crate) max_connections: usize,
 }
 
 /// One client connection, as commands see it.
@@ -98,4 +104,11 @@ pub(crate) struct ConnInfo {
     pub(crate) id: u64,
     /// The peer address (`whatsmyuri`).
     pub(crate) peer: String,
+}
+
+impl ConnInfo {
+    /// A connection with no handshake yet.
+    pub(crate) fn new(id: u64, peer: String) -> Self {
+        Self { id, peer }
+    }
 }

@@ -28,6 +28,10 @@ pub const DEFAULT_PATH: &str = "./data/db";
 pub const DEFAULT_HISTORY: u64 = 100_000;
 /// Default replica-set name.
 pub const DEFAULT_REPLICA_SET: &str = "rs0";
+/// Default limit of connections served at once (`EMBEDDED_DB_MAX_CONNECTIONS`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000;
+/// Default time a message may take to arrive once its first byte is in.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Stack size of every thread that handles client data: the server's runtime workers, its
 /// blocking pool (storage reads) and the storage writer thread.
@@ -43,6 +47,8 @@ pub(crate) const THREAD_STACK_SIZE: usize = 64 * 1024 * 1024;
 const MAX_BLOCKING_THREADS: usize = 64;
 /// How long shutdown waits for connections to finish their current command.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -58,6 +64,12 @@ pub struct Config {
     /// `host:port` reported in `hello` `hosts`; defaults to the bound address
     /// (with `127.0.0.1` for an unspecified IP), which is what a local client dials.
     pub advertised_host: Option<String>,
+    /// Connections served at once. Beyond it a new connection is accepted and closed at once,
+    /// as `mongod` does, and a warning is logged at most once a second.
+    pub max_connections: usize,
+    /// Time a message may take to arrive once its first byte is in; a connection that
+    /// exceeds it is closed. Idle time between messages is not limited.
+    pub frame_timeout: Duration,
 }
 
 impl Config {
@@ -69,6 +81,8 @@ impl Config {
             history: DEFAULT_HISTORY,
             replica_set: DEFAULT_REPLICA_SET.to_owned(),
             advertised_host: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
         }
     }
 }
@@ -171,16 +185,19 @@ impl Server {
                 bind_ip: addr.ip().to_string(),
                 path: config.path.clone(),
                 started: Instant::now(),
+                max_connections: config.max_connections,
             },
             connections: 0.into(),
             connections_created: 0.into(),
+            connections_rejected: 0.into(),
             opcounters: crate::db::OpCounters::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = runtime.spawn(accept_loop(listener, db, shutdown_rx));
+        let task = runtime.spawn(accept_loop(listener, db, config.frame_timeout, shutdown_rx));
         tracing::info!(
             %addr,
             path = %config.path.display(),
+            max_connections = config.max_connections,
             "embedded-db listening"
         );
         Ok(Self {
@@ -260,16 +277,97 @@ async fn dispose(runtime: Runtime) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Receiver<bool>) {
+/// Rate limit of the "connection refused" warning: at most one line per
+/// [`REFUSAL_LOG_INTERVAL`], each carrying how many connections were refused since the last.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When the last line was logged.
+    last: Option<Instant>,
+    /// Refusals not yet logged.
+    pending: u64,
+}
+
+impl RefusalLog {
+    /// Notes one refusal at `now`; returns the count to log now, if a line is due.
+    fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        self.flush(now)
+    }
+
+    /// The count to log at `now`, if refusals are pending and a line is due.
+    fn flush(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= REFUSAL_LOG_INTERVAL);
+        if self.pending == 0 || !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// When pending refusals are due to be logged, if any are pending.
+    fn due_at(&self) -> Option<Instant> {
+        if self.pending == 0 {
+            return None;
+        }
+        Some(
+            self.last
+                .map_or_else(Instant::now, |last| last + REFUSAL_LOG_INTERVAL),
+        )
+    }
+}
+
+fn log_refused(refused: u64, max_connections: usize) {
+    tracing::warn!(
+        refused,
+        max_connections,
+        "connections refused: the connection limit is reached"
+    );
+}
+
+/// A served connection's place in [`Db::connections`], given back when dropped (whether the
+/// connection ended, failed or was aborted).
+#[derive(Debug)]
+struct Slot(Arc<Db>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    db: Arc<Db>,
+    frame_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     let mut reaper = tokio::time::interval(Duration::from_secs(60));
+    let mut refusals = RefusalLog::default();
+    let max_connections = db.info.max_connections;
     loop {
+        let log_due = refusals.due_at();
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let db = Arc::clone(&db);
-                    let shutdown = shutdown.clone();
-                    connections.spawn(serve(stream, peer, db, shutdown));
+                    // Only this loop raises the count, so checking and raising cannot race.
+                    if db.connections.load(Ordering::Relaxed) >= max_connections {
+                        // Accepted and closed at once, as mongod does: the client sees the
+                        // connection end and tries again later.
+                        drop(stream);
+                        db.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        if let Some(refused) = refusals.refused(Instant::now()) {
+                            log_refused(refused, max_connections);
+                        }
+                        continue;
+                    }
+                    db.connections.fetch_add(1, Ordering::Relaxed);
+                    let slot = Slot(Arc::clone(&db));
+                    let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
+                    let conn = ConnInfo::new(id, peer.to_string());
+                    connections.spawn(serve(stream, conn, slot, frame_timeout, shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -277,6 +375,11 @@ async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Re
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            () = tokio::time::sleep_until(log_due.unwrap_or_else(Instant::now).into()), if log_due.is_some() => {
+                if let Some(refused) = refusals.flush(Instant::now()) {
+                    log_refused(refused, max_connections);
+                }
+            }
             _ = reaper.tick() => {
                 let closed = db.cursors.reap(IDLE_TIMEOUT);
                 if closed > 0 {
@@ -301,29 +404,24 @@ async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Re
 
 async fn serve(
     stream: TcpStream,
-    peer: SocketAddr,
-    db: Arc<Db>,
+    conn: ConnInfo,
+    slot: Slot,
+    frame_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let db = &slot.0;
     // Replies are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
-    db.connections.fetch_add(1, Ordering::Relaxed);
-    let conn = ConnInfo {
-        id,
-        peer: peer.to_string(),
-    };
-    let mut connection = Connection::new(stream);
-    tracing::debug!(connection_id = id, %peer, "connection accepted");
+    let mut connection = Connection::new(stream, frame_timeout);
+    tracing::debug!(connection_id = conn.id, peer = %conn.peer, "connection accepted");
     let result = tokio::select! {
-        result = serve_requests(&mut connection, &db, &conn) => result,
+        result = serve_requests(&mut connection, db, &conn) => result,
         _ = shutdown.wait_for(|stop| *stop) => Ok(()),
     };
     if let Err(e) = result {
-        tracing::warn!(connection_id = id, %peer, cause = %e, "closing connection");
+        tracing::warn!(connection_id = conn.id, peer = %conn.peer, cause = %e, "closing connection");
     }
-    db.connections.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(connection_id = id, %peer, "connection closed");
+    tracing::debug!(connection_id = conn.id, peer = %conn.peer, "connection closed");
 }
 
 async fn serve_requests(
@@ -366,4 +464,28 @@ async fn serve_requests(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first refusal is logged at once; later ones within the interval are counted and
+    /// logged together once it has passed.
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second() {
+        let start = Instant::now();
+        let mut log = RefusalLog::default();
+        assert_eq!(log.due_at(), None, "nothing pending");
+        assert_eq!(log.refused(start), Some(1));
+        let soon = start + Duration::from_millis(300);
+        assert_eq!(log.refused(soon), None);
+        assert_eq!(log.refused(soon), None);
+        assert_eq!(log.due_at(), Some(start + REFUSAL_LOG_INTERVAL));
+        assert_eq!(log.flush(soon), None, "not due yet");
+        assert_eq!(log.flush(start + REFUSAL_LOG_INTERVAL), Some(2));
+        assert_eq!(log.due_at(), None);
+        let later = start + 3 * REFUSAL_LOG_INTERVAL;
+        assert_eq!(log.refused(later), Some(1));
+    }
 }

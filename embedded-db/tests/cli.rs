@@ -52,3 +52,17 @@ fn bad_address_is_refused() {
     assert!(!ok);
     assert!(stderr.contains("--addr"), "{stderr}");
 }
+
+/// A zero connection limit is refused, naming the flag; `--help` names the variable.
+#[test]
+fn bad_connection_limit_is_refused() {
+    let (ok, stderr) = run(&["--max-connections", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--max-connections"), "{stderr}");
+    let help = Command::new(env!("CARGO_BIN_EXE_embedded-db"))
+        .arg("--help")
+        .output()
+        .expect("run embedded-db --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("EMBEDDED_DB_MAX_CONNECTIONS"), "{help}");
+}

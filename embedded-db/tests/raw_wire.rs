@@ -337,6 +337,119 @@ async fn nesting_depth_is_bounded() {
     still_serves(&server).await;
 }
 
+/// An OP_MSG `{serverStatus: 1}` over `stream`, returning its `connections` document.
+async fn raw_connections(stream: &mut TcpStream, request_id: i32) -> Document {
+    stream
+        .write_all(&op_msg(
+            request_id,
+            0,
+            &doc! { "serverStatus": 1, "$db": "admin" },
+        ))
+        .await
+        .expect("send serverStatus");
+    let (_, _, reply) = read_reply(stream).await;
+    reply
+        .get_document("connections")
+        .expect("connections")
+        .clone()
+}
+
+/// A connection that answers a ping (so the server has taken it on).
+async fn served(addr: std::net::SocketAddr) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(&op_msg(1, 0, &doc! { "ping": 1, "$db": "admin" }))
+        .await
+        .ok()?;
+    let mut header = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header))
+        .await
+        .expect("the server reacts in time");
+    read.ok()?;
+    let len = i32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let mut body = vec![0u8; usize::try_from(len).expect("length") - 16];
+    stream.read_exact(&mut body).await.expect("body");
+    Some(stream)
+}
+
+/// At the connection limit the next connection is accepted and closed at once (EOF), as by
+/// `mongod`; once a connection ends, a new one is served again, and `serverStatus` counts it all.
+#[tokio::test]
+async fn connection_limit_closes_extra_connections() {
+    let (server, _dir) = common::start_bare(|c| c.max_connections = 2).await;
+    let addr = server.local_addr();
+    let mut first = served(addr).await.expect("first is served");
+    let second = served(addr).await.expect("second is served");
+
+    let mut third = TcpStream::connect(addr).await.expect("the kernel accepts");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
+        .await
+        .expect("the server closes it in time");
+    assert_eq!(read.expect("an orderly close"), 0, "EOF for the third");
+
+    let connections = raw_connections(&mut first, 2).await;
+    assert_eq!(connections.get_i64("current"), Ok(2));
+    assert_eq!(connections.get_i64("available"), Ok(0));
+    assert_eq!(connections.get_i64("totalCreated"), Ok(2));
+    assert_eq!(connections.get_i64("rejected"), Ok(1));
+
+    // The server frees the slot when it sees the close; until then a newcomer is refused.
+    drop(second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut refused = 1;
+    let mut newcomer = loop {
+        if let Some(stream) = served(addr).await {
+            break stream;
+        }
+        refused += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed connection frees its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let connections = raw_connections(&mut newcomer, 2).await;
+    assert_eq!(connections.get_i64("current"), Ok(2));
+    assert_eq!(connections.get_i64("totalCreated"), Ok(3));
+    assert_eq!(connections.get_i64("rejected"), Ok(refused));
+    drop((first, newcomer));
+    server.shutdown().await;
+}
+
+/// A message still incomplete after the frame timeout closes its connection; a connection
+/// idle for longer than that, having sent nothing, stays open and is served afterwards.
+#[tokio::test]
+async fn frame_timeout_cuts_partial_messages_only() {
+    const FRAME_TIMEOUT: Duration = Duration::from_millis(300);
+    let server = common::start_with(|c| c.frame_timeout = FRAME_TIMEOUT).await;
+    let addr = server.server.local_addr();
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    let idle_since = tokio::time::Instant::now();
+
+    let mut partial = TcpStream::connect(addr).await.expect("connect");
+    let mut bytes = frame(1, OP_MSG, &[]);
+    bytes[..4].copy_from_slice(&1_000_000i32.to_le_bytes());
+    bytes.extend_from_slice(&[0; 10]);
+    let sent = tokio::time::Instant::now();
+    partial
+        .write_all(&bytes)
+        .await
+        .expect("send a partial frame");
+    assert_closed(&mut partial).await;
+    assert!(
+        sent.elapsed() >= FRAME_TIMEOUT,
+        "closed only once the frame timeout passed"
+    );
+
+    assert!(idle_since.elapsed() >= FRAME_TIMEOUT);
+    idle.write_all(&op_msg(2, 0, &doc! { "ping": 1, "$db": "admin" }))
+        .await
+        .expect("send ping");
+    let (response_to, _, reply) = read_reply(&mut idle).await;
+    assert_eq!((response_to, reply.get_f64("ok")), (2, Ok(1.0)));
+}
+
 /// Dropping a server without `shutdown`, inside an async context, does not panic (its runtime
 /// is not dropped here) and stops it: open connections are cut.
 #[tokio::test]

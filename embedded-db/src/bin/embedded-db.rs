@@ -12,7 +12,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use embedded_db::{
-    Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET,
+    Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_PATH,
+    DEFAULT_REPLICA_SET,
 };
 
 /// A MongoDB-wire-compatible database with change streams, durable on disk.
@@ -34,6 +35,15 @@ struct Args {
     /// `host:port` reported in `hello` (defaults to the bound address).
     #[arg(long, env = "EMBEDDED_DB_ADVERTISE")]
     advertise: Option<String>,
+    /// Connections served at once; beyond it new ones are accepted and closed at once (logged
+    /// at most once a second).
+    #[arg(
+        long,
+        env = "EMBEDDED_DB_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+    )]
+    max_connections: usize,
 }
 
 // The server runs on a runtime of its own; this one only waits for the shutdown signal.
@@ -51,6 +61,7 @@ async fn main() -> ExitCode {
         history: args.history,
         replica_set: args.replica_set,
         advertised_host: args.advertise,
+        max_connections: args.max_connections,
         ..Config::new(args.addr, args.path)
     };
     let server = match Server::start(config).await {

@@ -113,10 +113,13 @@ pub(super) fn get_parameter(req: &Request<'_>) -> CommandResult<Document> {
     Ok(out)
 }
 
-/// Implements `serverStatus` (the fields tools read).
+/// Implements `serverStatus` (the fields tools read). `connections` is the truth:
+/// `current` connections served now, `available` = the limit minus `current`,
+/// `totalCreated` connections served since start, `rejected` connections refused at the limit.
 pub(super) fn server_status(db: &Db) -> Document {
     let uptime = db.info.started.elapsed();
     let current = db.connections.load(Ordering::Relaxed);
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     doc! {
         "host": db.info.host.as_str(),
         "version": VERSION,
@@ -128,8 +131,9 @@ pub(super) fn server_status(db: &Db) -> Document {
         "localTime": bson::DateTime::now(),
         "connections": {
             "current": i64::try_from(current).unwrap_or(i64::MAX),
-            "available": 1_000_000_i64,
-            "totalCreated": i64::try_from(db.connections_created.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            "available": i64::try_from(db.info.max_connections.saturating_sub(current)).unwrap_or(i64::MAX),
+            "totalCreated": count(db.connections_created.load(Ordering::Relaxed)),
+            "rejected": count(db.connections_rejected.load(Ordering::Relaxed)),
         },
         "opcounters": db.opcounters.to_document(),
         "metrics": { "cursor": { "open": { "total": i64::try_from(db.cursors.len()).unwrap_or(i64::MAX) } } },
