@@ -24,7 +24,8 @@
 //! - `connection`: a socket with a read buffer, reading whole frames within the frame timeout.
 //! - `server`: the server's own runtime, the listener with its connection limit, one task per
 //!   connection, graceful shutdown.
-//! - `cmd`: the dispatch table and the commands, one file per area.
+//! - `cmd`: the dispatch table and the commands, one file per area; `cmd/fail_point.rs` holds
+//!   the test hooks behind `configureFailPoint`.
 //! - `query`: filters, projections, sorting, update operators, aggregation stages.
 //! - `changes`: change streams, resume tokens and event documents.
 //! - `cursor`: open cursors between `getMore`s.

@@ -13,7 +13,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cmd;
+use crate::cmd::{self, FailPoints, Reply};
 use crate::connection::{ConnError, Connection};
 use crate::cursor::{Cursors, IDLE_TIMEOUT};
 use crate::db::{ConnInfo, Db, ServerInfo};
@@ -70,6 +70,9 @@ pub struct Config {
     /// Time a message may take to arrive once its first byte is in; a connection that
     /// exceeds it is closed. Idle time between messages is not limited.
     pub frame_timeout: Duration,
+    /// Enables test commands (`configureFailPoint`) and says so in `getParameter`
+    /// (`enableTestCommands`). Off by default, as in `mongod`: never for production.
+    pub enable_test_commands: bool,
 }
 
 impl Config {
@@ -83,6 +86,7 @@ impl Config {
             advertised_host: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            enable_test_commands: false,
         }
     }
 }
@@ -186,11 +190,13 @@ impl Server {
                 path: config.path.clone(),
                 started: Instant::now(),
                 max_connections: config.max_connections,
+                test_commands: config.enable_test_commands,
             },
             connections: 0.into(),
             connections_created: 0.into(),
             connections_rejected: 0.into(),
             opcounters: crate::db::OpCounters::default(),
+            fail_points: FailPoints::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = runtime.spawn(accept_loop(listener, db, config.frame_timeout, shutdown_rx));
@@ -198,8 +204,12 @@ impl Server {
             %addr,
             path = %config.path.display(),
             max_connections = config.max_connections,
+            test_commands = config.enable_test_commands,
             "embedded-db listening"
         );
+        if config.enable_test_commands {
+            tracing::warn!("test commands are enabled: configureFailPoint can fail any command");
+        }
         Ok(Self {
             addr,
             replica_set: config.replica_set,
@@ -433,20 +443,34 @@ async fn serve_requests(
     while let Some(request) = connection.read_request().await? {
         reply_id = reply_id.wrapping_add(1);
         let response_to = request.request_id();
-        let bytes = match request {
-            Request::Msg(msg) => {
-                let reply = cmd::execute(db, conn, msg.body).await;
-                if msg.more_to_come {
-                    // The client asked for no reply (w:0); sending one would shift every later
-                    // response by one.
-                    continue;
-                }
-                wire::encode_msg(reply_id, response_to, &reply)
+        // OP_MSG is answered with OP_MSG, the legacy OP_QUERY handshake with OP_REPLY.
+        let (reply, op_msg, more_to_come) = match request {
+            Request::Msg(msg) => (
+                cmd::execute(db, conn, msg.body).await,
+                true,
+                msg.more_to_come,
+            ),
+            Request::Query(query) => (cmd::execute_legacy(db, conn, &query).await, false, false),
+        };
+        let reply = match reply {
+            Reply::Document(reply) => reply,
+            Reply::Close => {
+                tracing::info!(
+                    connection_id = conn.id,
+                    "closing connection for the failCommand fail point"
+                );
+                return Ok(());
             }
-            Request::Query(query) => {
-                let reply = cmd::execute_legacy(db, conn, &query).await;
-                wire::encode_reply(reply_id, response_to, &reply)
-            }
+        };
+        if more_to_come {
+            // The client asked for no reply (w:0); sending one would shift every later
+            // response by one.
+            continue;
+        }
+        let bytes = if op_msg {
+            wire::encode_msg(reply_id, response_to, &reply)
+        } else {
+            wire::encode_reply(reply_id, response_to, &reply)
         };
         match bytes {
             Ok(bytes) => connection.write_reply(&bytes).await?,

@@ -53,16 +53,29 @@ fn bad_address_is_refused() {
     assert!(stderr.contains("--addr"), "{stderr}");
 }
 
-/// A zero connection limit is refused, naming the flag; `--help` names the variable.
+/// Connection limits and test commands are validated at start-up: a zero limit and a value of
+/// `EMBEDDED_DB_TEST_COMMANDS` that is not a boolean are refused, naming what to fix.
 #[test]
-fn bad_connection_limit_is_refused() {
+fn bad_limits_and_flags_are_refused() {
     let (ok, stderr) = run(&["--max-connections", "0"]);
     assert!(!ok);
     assert!(stderr.contains("--max-connections"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_embedded-db"))
+        .env("EMBEDDED_DB_TEST_COMMANDS", "maybe")
+        .output()
+        .expect("run embedded-db");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--enable-test-commands"), "{stderr}");
     let help = Command::new(env!("CARGO_BIN_EXE_embedded-db"))
         .arg("--help")
         .output()
         .expect("run embedded-db --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("EMBEDDED_DB_MAX_CONNECTIONS"), "{help}");
+    for documented in ["EMBEDDED_DB_MAX_CONNECTIONS", "EMBEDDED_DB_TEST_COMMANDS"] {
+        assert!(
+            help.contains(documented),
+            "--help names {documented}: {help}"
+        );
+    }
 }

@@ -44,6 +44,14 @@ struct Args {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
     )]
     max_connections: usize,
+    /// Enable test commands (`configureFailPoint`) for driver test suites; never in production.
+    /// As a variable: `1`/`true` on, `0`/`false` off.
+    #[arg(
+        long,
+        env = "EMBEDDED_DB_TEST_COMMANDS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    enable_test_commands: bool,
 }
 
 // The server runs on a runtime of its own; this one only waits for the shutdown signal.
@@ -62,6 +70,7 @@ async fn main() -> ExitCode {
         replica_set: args.replica_set,
         advertised_host: args.advertise,
         max_connections: args.max_connections,
+        enable_test_commands: args.enable_test_commands,
         ..Config::new(args.addr, args.path)
     };
     let server = match Server::start(config).await {

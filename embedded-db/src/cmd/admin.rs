@@ -77,12 +77,13 @@ pub(super) fn build_info() -> Document {
     }
 }
 
-/// The parameters `getParameter` knows.
-fn parameters() -> Document {
+/// The parameters `getParameter` knows, with the values in force.
+fn parameters(db: &Db) -> Document {
     doc! {
         "featureCompatibilityVersion": { "version": "7.0" },
-        // No fail points: test suites that need `configureFailPoint` skip those tests.
-        "enableTestCommands": false,
+        // Test suites (pymongo's, the unified runner) run their fail-point tests only when
+        // this is true, so it says whether `configureFailPoint` exists.
+        "enableTestCommands": db.info.test_commands,
         "authenticationMechanisms": [],
         "transactionLifetimeLimitSeconds": 60,
         "maxBSONDepth": i32::try_from(MAX_NESTING_DEPTH).unwrap_or(i32::MAX),
@@ -90,8 +91,8 @@ fn parameters() -> Document {
 }
 
 /// Implements `getParameter` (`"*"`, or named parameters set to 1).
-pub(super) fn get_parameter(req: &Request<'_>) -> CommandResult<Document> {
-    let all = parameters();
+pub(super) fn get_parameter(db: &Db, req: &Request<'_>) -> CommandResult<Document> {
+    let all = parameters(db);
     if matches!(req.value(), Bson::String(s) if s == "*") {
         return Ok(all);
     }
@@ -202,11 +203,19 @@ pub(super) fn start_session() -> Document {
     }
 }
 
-/// Implements `listCommands`.
-pub(super) fn list_commands() -> Document {
-    let commands: Document = super::COMMANDS
-        .iter()
-        .map(|name| ((*name).to_owned(), Bson::Document(doc! { "help": "" })))
+/// Implements `listCommands`: the dispatch table, plus `configureFailPoint` when test
+/// commands are on.
+pub(super) fn list_commands(db: &Db) -> Document {
+    let test_only: &[&str] = if db.info.test_commands {
+        &["configureFailPoint"]
+    } else {
+        &[]
+    };
+    let mut names: Vec<&str> = super::COMMANDS.iter().chain(test_only).copied().collect();
+    names.sort_unstable();
+    let commands: Document = names
+        .into_iter()
+        .map(|name| (name.to_owned(), Bson::Document(doc! { "help": "" })))
         .collect();
     doc! { "commands": commands }
 }
