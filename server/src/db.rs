@@ -39,7 +39,11 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
     let (uri, variable, embedded) = match &config.mongo_uri {
         Some(uri) => (uri.clone(), "MONGO_URI", None),
         None => {
-            let settings = embedded_db::Config::new(config.embedded_addr, &config.embedded_path);
+            let settings = embedded_db::Config {
+                max_connections: config.embedded_max_connections,
+                enable_test_commands: config.embedded_test_commands,
+                ..embedded_db::Config::new(config.embedded_addr, &config.embedded_path)
+            };
             let server = embedded_db::Server::start(settings)
                 .await
                 .map_err(|e| match e {
