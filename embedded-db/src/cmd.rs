@@ -8,11 +8,13 @@
 mod admin;
 mod aggregate;
 mod catalog;
+mod fail_point;
 mod generic;
 mod read;
 mod validator;
 mod write;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
@@ -23,6 +25,8 @@ use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::Namespace;
 use crate::storage::timestamp_of;
 use crate::wire::OpQuery;
+
+pub(crate) use fail_point::FailPoints;
 
 /// Default number of documents in a first batch, as `mongod`.
 const DEFAULT_BATCH: usize = 101;
@@ -61,41 +65,60 @@ impl Request<'_> {
     }
 }
 
+/// What the connection does once a command has run.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Send this document (`ok: 1` or an error document), unless the request had `moreToCome`.
+    Document(Document),
+    /// Close the connection without a reply (a fail point's `closeConnection`).
+    Close,
+}
+
+/// The command name: the first key of the body.
+fn command_name(body: &Document) -> String {
+    body.keys().next().cloned().unwrap_or_default()
+}
+
 /// Runs an OP_MSG command and returns the reply document (`ok: 1` or an error document),
 /// with `$clusterTime` and `operationTime` as a replica-set member sends them.
-pub(crate) async fn execute(db: &Arc<Db>, conn: &ConnInfo, body: Document) -> Document {
-    let result = match body.get("$db") {
-        Some(Bson::String(name)) => {
-            let request = Request {
-                db: name.clone(),
-                body,
-                conn,
-            };
-            dispatch(db, request).await
+pub(crate) async fn execute(db: &Arc<Db>, conn: &ConnInfo, body: Document) -> Reply {
+    let name = command_name(&body);
+    conn.note_handshake(&name, &body);
+    run(db, conn, &name, async {
+        match body.get("$db") {
+            Some(Bson::String(name)) => {
+                let request = Request {
+                    db: name.clone(),
+                    body,
+                    conn,
+                };
+                dispatch(db, request).await
+            }
+            _ => Err(CommandError::failed_to_parse(
+                "OP_MSG requests require a $db argument",
+            )),
         }
-        _ => Err(CommandError::failed_to_parse(
-            "OP_MSG requests require a $db argument",
-        )),
-    };
-    finish(db, result)
+    })
+    .await
 }
 
 /// Runs a legacy OP_QUERY command: only the handshake (`isMaster`/`ismaster`/`hello`) is
 /// answered, as by `mongod`; anything else gets 352 UnsupportedOpQueryCommand.
-pub(crate) async fn execute_legacy(db: &Arc<Db>, conn: &ConnInfo, query: &OpQuery) -> Document {
-    let result = (|| {
+pub(crate) async fn execute_legacy(db: &Arc<Db>, conn: &ConnInfo, query: &OpQuery) -> Reply {
+    // Old drivers wrap the command as { $query: {...}, $readPreference: ... }.
+    let body = match query.query.get_document("$query") {
+        Ok(inner) => inner.clone(),
+        Err(_) => query.query.clone(),
+    };
+    let name = command_name(&body);
+    conn.note_handshake(&name, &body);
+    run(db, conn, &name, async {
         if !query.full_collection_name.ends_with(".$cmd") {
             return Err(CommandError::new(
                 ErrorCode::UnsupportedOpQueryCommand,
                 "OP_QUERY is only supported for commands on <db>.$cmd",
             ));
         }
-        // Old drivers wrap the command as { $query: {...}, $readPreference: ... }.
-        let body = match query.query.get_document("$query") {
-            Ok(inner) => inner.clone(),
-            Err(_) => query.query.clone(),
-        };
-        let name = body.keys().next().cloned().unwrap_or_default();
         if !matches!(name.as_str(), "hello" | "isMaster" | "ismaster") {
             return Err(CommandError::new(
                 ErrorCode::UnsupportedOpQueryCommand,
@@ -103,18 +126,56 @@ pub(crate) async fn execute_legacy(db: &Arc<Db>, conn: &ConnInfo, query: &OpQuer
             ));
         }
         Ok(admin::hello(db, conn, &body, &name))
-    })();
-    finish(db, result)
+    })
+    .await
+}
+
+/// Runs `command` (named `name`) under the `failCommand` fail point: the one place where fail
+/// points act on commands. Without an active fail point this is just `finish(command.await)`.
+async fn run(
+    db: &Db,
+    conn: &ConnInfo,
+    name: &str,
+    command: impl Future<Output = CommandResult<Document>>,
+) -> Reply {
+    let Some(failure) = db.fail_points.fail_command(name, conn.app_name()) else {
+        return Reply::Document(finish(db, command.await));
+    };
+    tracing::info!(
+        connection_id = conn.id,
+        command = name,
+        ?failure,
+        "failCommand fail point applies"
+    );
+    if let Some(pause) = failure.block() {
+        tokio::time::sleep(pause).await;
+    }
+    if failure.closes_connection() {
+        return Reply::Close;
+    }
+    if let Some(error) = failure.error_reply() {
+        return Reply::Document(stamp(db, error));
+    }
+    let mut result = command.await;
+    if let Ok(reply) = &mut result {
+        failure.amend(reply);
+    }
+    Reply::Document(finish(db, result))
 }
 
 fn finish(db: &Db, result: CommandResult<Document>) -> Document {
-    let mut reply = match result {
+    let reply = match result {
         Ok(mut reply) => {
             reply.insert("ok", 1.0);
             reply
         }
         Err(e) => e.to_reply(),
     };
+    stamp(db, reply)
+}
+
+/// Adds `$clusterTime` and `operationTime` to a reply.
+fn stamp(db: &Db, mut reply: Document) -> Document {
     let time = timestamp_of(db.store.last_position());
     reply.insert(
         "$clusterTime",
@@ -131,7 +192,7 @@ fn finish(db: &Db, result: CommandResult<Document>) -> Document {
 }
 
 async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
-    let name = req.body.keys().next().cloned().unwrap_or_default();
+    let name = command_name(&req.body);
     db.opcounters.count(&name, &req.body);
     // Generic arguments are honoured or refused before the command does anything.
     generic::check_collation(&req.body)?;
@@ -142,7 +203,7 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
             format!("Command {name} does not support writeConcern"),
         ));
     }
-    let mut reply = run(db, &req, &name).await?;
+    let mut reply = run_command(db, &req, &name).await?;
     if let Some(error) = write_concern.error() {
         reply.insert("writeConcernError", error);
     }
@@ -152,7 +213,8 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
 /// Read commands, which refuse a `writeConcern` (as mongod does).
 const READS: &[&str] = &["count", "distinct", "find", "getMore"];
 
-async fn run(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResult<Document> {
+/// The dispatch table: runs the command `name`.
+async fn run_command(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResult<Document> {
     if req.body.get_bool("startTransaction").unwrap_or(false)
         || req.body.get("autocommit").is_some()
     {
@@ -171,6 +233,8 @@ async fn run(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResult<Docum
         "buildInfo" | "buildinfo" => Ok(admin::build_info()),
         "collMod" => catalog::coll_mod(db, req).await,
         "collStats" => catalog::coll_stats(db, req).await,
+        // Test-only, as in `mongod`: without test commands it is "no such command".
+        "configureFailPoint" if db.info.test_commands => db.fail_points.configure(req),
         "connectionStatus" => Ok(admin::connection_status(req)),
         "count" => read::count(db, req).await,
         "create" => catalog::create(db, req).await,
@@ -191,14 +255,14 @@ async fn run(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResult<Docum
         "getCmdLineOpts" => Ok(admin::cmd_line_opts(db)),
         "getLog" => admin::get_log(req),
         "getMore" => read::get_more(db, req).await,
-        "getParameter" => admin::get_parameter(req),
+        "getParameter" => admin::get_parameter(db, req),
         // `hello` is current; `isMaster` is what the Rust driver sends first, `ismaster` Node and pymongo.
         "hello" | "isMaster" | "ismaster" => Ok(admin::hello(db, req.conn, &req.body, name)),
         "hostInfo" => Ok(admin::host_info()),
         "insert" => write::insert(db, req).await,
         "killCursors" => read::kill_cursors(db, req),
         "listCollections" => catalog::list_collections(db, req).await,
-        "listCommands" => Ok(admin::list_commands()),
+        "listCommands" => Ok(admin::list_commands(db)),
         "listDatabases" => catalog::list_databases(db, req).await,
         "listIndexes" => catalog::list_indexes(db, req).await,
         "ping" => Ok(Document::new()),
@@ -215,7 +279,8 @@ async fn run(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResult<Docum
     }
 }
 
-/// The names in the dispatch table, for `listCommands`.
+/// The names in the dispatch table, for `listCommands` (`configureFailPoint`, which exists only
+/// with test commands, is added there when it does).
 pub(crate) const COMMANDS: &[&str] = &[
     "abortTransaction",
     "aggregate",

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::cmd::FailPoints;
 use crate::cursor::Cursors;
 use crate::storage::Store;
 
@@ -17,18 +19,26 @@ pub(crate) struct Db {
     pub(crate) cursors: Cursors,
     /// Identity reported by `hello`, `buildInfo`, `getCmdLineOpts`.
     pub(crate) info: ServerInfo,
-    /// Connections open now.
+    /// Connections served now. Only the accept loop raises it, and only below
+    /// `info.max_connections`, so it never exceeds the limit; each connection lowers it when it
+    /// ends, however it ends.
     pub(crate) connections: AtomicUsize,
-    /// Connections accepted since start; also the source of `connectionId`s.
+    /// Connections served since start; also the source of `connectionId`s.
     pub(crate) connections_created: AtomicU64,
+    /// Connections refused since start because `info.max_connections` were open.
+    pub(crate) connections_rejected: AtomicU64,
     /// Commands served, by kind (`serverStatus.opcounters`).
     pub(crate) opcounters: OpCounters,
+    /// Test hooks set by `configureFailPoint`; all off unless a test turns one on.
+    pub(crate) fail_points: FailPoints,
 }
 
 impl Db {
-    /// Whether the `maxTimeAlwaysTimeOut` fail point makes every time-limited command expire.
+    /// Whether the `maxTimeAlwaysTimeOut` fail point is on: a command with `maxTimeMS` must then
+    /// fail with `MaxTimeMSExpired` (50) at its first deadline check. Each `true` consumes one
+    /// of the point's `times`; while no fail point is on this is a single atomic load.
     pub(crate) fn max_time_always_times_out(&self) -> bool {
-        false
+        self.fail_points.max_time_always_times_out()
     }
 }
 
@@ -96,6 +106,10 @@ pub(crate) struct ServerInfo {
     pub(crate) path: PathBuf,
     /// When the server started.
     pub(crate) started: Instant,
+    /// Connections served at once (`Config::max_connections`).
+    pub(crate) max_connections: usize,
+    /// Whether test commands (`configureFailPoint`) exist (`Config::enable_test_commands`).
+    pub(crate) test_commands: bool,
 }
 
 /// One client connection, as commands see it.
@@ -105,4 +119,39 @@ pub(crate) struct ConnInfo {
     pub(crate) id: u64,
     /// The peer address (`whatsmyuri`).
     pub(crate) peer: String,
+    /// `client.application.name` from the connection's first handshake that carried one; set
+    /// once, never changed (drivers send client metadata only in their first `hello`).
+    app_name: OnceLock<String>,
+}
+
+impl ConnInfo {
+    /// A connection with no handshake yet.
+    pub(crate) fn new(id: u64, peer: String) -> Self {
+        Self {
+            id,
+            peer,
+            app_name: OnceLock::new(),
+        }
+    }
+
+    /// Records the application name from a handshake command (`hello`, `isMaster`,
+    /// `ismaster`) before it runs, so that fail points filtered by `appName` apply to the
+    /// handshake itself, as in `mongod`. Other commands are ignored.
+    pub(crate) fn note_handshake(&self, command: &str, body: &bson::Document) {
+        if !matches!(command, "hello" | "isMaster" | "ismaster") || self.app_name.get().is_some() {
+            return;
+        }
+        let name = body
+            .get_document("client")
+            .and_then(|client| client.get_document("application"))
+            .and_then(|application| application.get_str("name"));
+        if let Ok(name) = name {
+            let _ = self.app_name.set(name.to_owned());
+        }
+    }
+
+    /// The application name given in the handshake, if any.
+    pub(crate) fn app_name(&self) -> Option<&str> {
+        self.app_name.get().map(String::as_str)
+    }
 }

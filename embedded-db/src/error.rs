@@ -18,6 +18,8 @@ pub enum ErrorCode {
     BadValue = 2,
     /// The command or one of its parts could not be parsed.
     FailedToParse = 9,
+    /// The command may not run here (an admin-only command on another database).
+    Unauthorized = 13,
     /// A value has the wrong BSON type.
     TypeMismatch = 14,
     /// A number, a document or a path is larger or deeper than allowed.
@@ -74,6 +76,8 @@ pub enum ErrorCode {
     QueryPlanKilled = 175,
     /// The resume token cannot be used in this way (invalidate with `resumeAfter`).
     InvalidResumeToken = 260,
+    /// `configureFailPoint` names a fail point this server does not have.
+    FailPointSetFailed = 266,
     /// The change stream cannot continue from the given position.
     ChangeStreamFatalError = 280,
     /// The resume point is older than the kept change history.
@@ -127,6 +131,7 @@ impl ErrorCode {
             Self::InternalError => "InternalError",
             Self::BadValue => "BadValue",
             Self::FailedToParse => "FailedToParse",
+            Self::Unauthorized => "Unauthorized",
             Self::TypeMismatch => "TypeMismatch",
             Self::Overflow => "Overflow",
             Self::IllegalOperation => "IllegalOperation",
@@ -155,6 +160,7 @@ impl ErrorCode {
             Self::CannotIndexParallelArrays => "CannotIndexParallelArrays",
             Self::QueryPlanKilled => "QueryPlanKilled",
             Self::InvalidResumeToken => "InvalidResumeToken",
+            Self::FailPointSetFailed => "FailPointSetFailed",
             Self::ChangeStreamFatalError => "ChangeStreamFatalError",
             Self::ChangeStreamHistoryLost => "ChangeStreamHistoryLost",
             Self::QueryExceededMemoryLimitNoDiskUseAllowed => {
@@ -186,6 +192,109 @@ impl ErrorCode {
     pub fn code(self) -> i32 {
         self as i32
     }
+}
+
+impl ErrorCode {
+    /// The variant whose numeric code is `code`, if this server has one.
+    ///
+    /// A variant missing from this table only costs a generic `codeName` in
+    /// [`code_name`]; the unit test below checks that every listed entry round-trips.
+    pub fn from_code(code: i32) -> Option<Self> {
+        const ALL: &[ErrorCode] = &[
+            ErrorCode::InternalError,
+            ErrorCode::BadValue,
+            ErrorCode::FailedToParse,
+            ErrorCode::Unauthorized,
+            ErrorCode::TypeMismatch,
+            ErrorCode::IllegalOperation,
+            ErrorCode::NamespaceNotFound,
+            ErrorCode::IndexNotFound,
+            ErrorCode::PathNotViable,
+            ErrorCode::ConflictingUpdateOperators,
+            ErrorCode::CursorNotFound,
+            ErrorCode::NamespaceExists,
+            ErrorCode::DollarPrefixedFieldName,
+            ErrorCode::InvalidIdField,
+            ErrorCode::NotSingleValueField,
+            ErrorCode::CommandNotFound,
+            ErrorCode::ImmutableField,
+            ErrorCode::InvalidOptions,
+            ErrorCode::InvalidNamespace,
+            ErrorCode::IndexOptionsConflict,
+            ErrorCode::IndexKeySpecsConflict,
+            ErrorCode::ShutdownInProgress,
+            ErrorCode::NotImplemented,
+            ErrorCode::CannotIndexParallelArrays,
+            ErrorCode::InvalidResumeToken,
+            ErrorCode::FailPointSetFailed,
+            ErrorCode::ChangeStreamFatalError,
+            ErrorCode::ChangeStreamHistoryLost,
+            ErrorCode::InvalidPipelineOperator,
+            ErrorCode::UnsupportedOpQueryCommand,
+            ErrorCode::BsonObjectTooLarge,
+            ErrorCode::DuplicateKey,
+            ErrorCode::UnknownGroupOperator,
+            ErrorCode::ExpressionArity,
+            ErrorCode::BadSizeArgument,
+            ErrorCode::SizeArgumentNotArray,
+            ErrorCode::ProjectionPathCollision,
+            ErrorCode::ProjectionInclusionInExclusion,
+            ErrorCode::ProjectionExclusionInInclusion,
+            ErrorCode::UnrecognizedPipelineStage,
+            ErrorCode::GroupSpecification,
+            ErrorCode::ChangeStreamNotFirst,
+            ErrorCode::ChangeStreamBadResumeToken,
+            ErrorCode::Overflow,
+            ErrorCode::MaxTimeMSExpired,
+            ErrorCode::UnknownReplWriteConcern,
+            ErrorCode::UnsatisfiableWriteConcern,
+            ErrorCode::DocumentValidationFailure,
+            ErrorCode::ExceededMemoryLimit,
+            ErrorCode::QueryPlanKilled,
+            ErrorCode::InvalidIndexSpecificationOption,
+            ErrorCode::TransactionTooOld,
+            ErrorCode::QueryExceededMemoryLimitNoDiskUseAllowed,
+            ErrorCode::UnknownField,
+            ErrorCode::PipelineTooLong,
+        ];
+        ALL.iter().copied().find(|c| c.code() == code)
+    }
+}
+
+/// `mongod`'s `codeName` for any numeric code: the [`ErrorCode`] name when this server has
+/// the code, else the name from MongoDB's `error_codes.yml` for the codes drivers retry or
+/// resume on (what fail points are mostly set to), else `Location<code>`, which is what
+/// `mongod` itself reports for a code it has no name for.
+pub fn code_name(code: i32) -> std::borrow::Cow<'static, str> {
+    if let Some(known) = ErrorCode::from_code(code) {
+        return known.name().into();
+    }
+    let name = match code {
+        6 => "HostUnreachable",
+        7 => "HostNotFound",
+        50 => "MaxTimeMSExpired",
+        89 => "NetworkTimeout",
+        112 => "WriteConflict",
+        133 => "FailedToSatisfyReadPreference",
+        134 => "ReadConcernMajorityNotAvailableYet",
+        150 => "StaleEpoch",
+        189 => "PrimarySteppedDown",
+        216 => "ElectionInProgress",
+        234 => "RetryChangeStream",
+        251 => "NoSuchTransaction",
+        262 => "ExceededTimeLimit",
+        9001 => "SocketException",
+        10058 => "LegacyNotPrimary",
+        10107 => "NotWritablePrimary",
+        11600 => "InterruptedAtShutdown",
+        11601 => "Interrupted",
+        11602 => "InterruptedDueToReplStateChange",
+        13388 => "StaleConfig",
+        13435 => "NotPrimaryNoSecondaryOk",
+        13436 => "NotPrimaryOrSecondary",
+        _ => return format!("Location{code}").into(),
+    };
+    name.into()
 }
 
 /// A failed command: becomes `{ ok: 0, errmsg, code, codeName }` (plus
@@ -299,6 +408,18 @@ mod tests {
         assert_eq!(reply.get_str("codeName").ok(), Some("CommandNotFound"));
         assert_eq!(reply.get_str("errmsg").ok(), Some("no such command: 'foo'"));
         assert!(reply.get("errorLabels").is_none());
+    }
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_get_a_generic_name() {
+        for code in [1, 2, 13, 59, 91, 266, 11000, 40647] {
+            let known = ErrorCode::from_code(code).expect("listed");
+            assert_eq!(known.code(), code);
+            assert_eq!(code_name(code), known.name());
+        }
+        assert_eq!(ErrorCode::from_code(10107), None);
+        assert_eq!(code_name(10107), "NotWritablePrimary");
+        assert_eq!(code_name(4_242_424), "Location4242424");
     }
 
     #[test]

@@ -21,10 +21,12 @@
 //! The data path, from socket to disk:
 //!
 //! - [`wire`]: bytes ↔ OP_MSG / OP_QUERY requests and OP_MSG / OP_REPLY replies (no I/O).
-//! - `connection`: a socket with a read buffer, reading whole frames.
-//! - `server`: the listener, one task per connection, graceful shutdown.
-//! - `cmd`: the dispatch table and the commands, one file per area (`read` holds the
-//!   query commands, `write` the write commands).
+//! - `connection`: a socket with a read buffer, reading whole frames within the frame timeout.
+//! - `server`: the server's own runtime, the listener with its connection limit, one task per
+//!   connection, graceful shutdown.
+//! - `cmd`: the dispatch table and the commands, one file per area (`read` holds the query
+//!   commands, `write` the write commands); `cmd/fail_point.rs` holds the test hooks behind
+//!   `configureFailPoint`.
 //! - `query`: filters, projections, sorting, update operators (`update/`: parsing,
 //!   positional paths, application, array operators), aggregation stages.
 //! - `changes`: change streams, resume tokens and event documents.
@@ -50,7 +52,8 @@ mod storage;
 pub mod wire;
 
 pub use server::{
-    Config, Server, StartError, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET,
+    Config, Server, StartError, DEFAULT_ADDR, DEFAULT_FRAME_TIMEOUT, DEFAULT_HISTORY,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_PATH, DEFAULT_REPLICA_SET,
 };
 
 /// Resolves on Ctrl-C or SIGTERM: the shutdown trigger of the `embedded-db` binary and of an

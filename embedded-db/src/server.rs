@@ -5,14 +5,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::runtime::Runtime;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cmd;
+use crate::cmd::{self, FailPoints, Reply};
 use crate::connection::{ConnError, Connection};
 use crate::cursor::{Cursors, IDLE_TIMEOUT};
 use crate::db::{ConnInfo, Db, ServerInfo};
@@ -27,9 +28,27 @@ pub const DEFAULT_PATH: &str = "./data/db";
 pub const DEFAULT_HISTORY: u64 = 100_000;
 /// Default replica-set name.
 pub const DEFAULT_REPLICA_SET: &str = "rs0";
+/// Default limit of connections served at once (`EMBEDDED_DB_MAX_CONNECTIONS`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000;
+/// Default time a message may take to arrive once its first byte is in.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Stack size of every thread that handles client data: the server's runtime workers, its
+/// blocking pool (storage reads) and the storage writer thread.
+///
+/// Decoding, matching, cloning, encoding and dropping a document recurse once per nesting
+/// level, and the BSON decoder alone takes about 20 KiB a level in a debug build, so a
+/// document at `wire::MAX_NESTING_DEPTH` (200) needs about 4 MiB: more than the 2 MiB threads
+/// of a host runtime or a test harness have. 64 MiB leaves ample room. It is virtual memory,
+/// committed only as a thread really uses it.
+pub(crate) const THREAD_STACK_SIZE: usize = 64 * 1024 * 1024;
+/// Threads of the blocking pool at most (each with a [`THREAD_STACK_SIZE`] stack); further
+/// storage reads wait for a free one.
+const MAX_BLOCKING_THREADS: usize = 64;
 /// How long shutdown waits for connections to finish their current command.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -45,6 +64,15 @@ pub struct Config {
     /// `host:port` reported in `hello` `hosts`; defaults to the bound address
     /// (with `127.0.0.1` for an unspecified IP), which is what a local client dials.
     pub advertised_host: Option<String>,
+    /// Connections served at once. Beyond it a new connection is accepted and closed at once,
+    /// as `mongod` does, and a warning is logged at most once a second.
+    pub max_connections: usize,
+    /// Time a message may take to arrive once its first byte is in; a connection that
+    /// exceeds it is closed. Idle time between messages is not limited.
+    pub frame_timeout: Duration,
+    /// Enables test commands (`configureFailPoint`) and says so in `getParameter`
+    /// (`enableTestCommands`). Off by default, as in `mongod`: never for production.
+    pub enable_test_commands: bool,
 }
 
 impl Config {
@@ -56,6 +84,9 @@ impl Config {
             history: DEFAULT_HISTORY,
             replica_set: DEFAULT_REPLICA_SET.to_owned(),
             advertised_host: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            enable_test_commands: false,
         }
     }
 }
@@ -79,31 +110,47 @@ pub enum StartError {
         /// What failed.
         reason: String,
     },
+    /// The server's threads could not be started (the system refused to create threads).
+    #[error("cannot start the database threads: {source}")]
+    Runtime {
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
-/// A running server. Dropping it without [`Server::shutdown`] leaves it running until the
-/// runtime stops.
+/// A running server.
+///
+/// It runs on a runtime of its own (threads named `embedded-db`, [`THREAD_STACK_SIZE`]
+/// stacks), never on the caller's threads, so an application's `#[tokio::main]` or a test's
+/// runtime only awaits it.
+///
+/// Call [`Server::shutdown`] to stop it gracefully. Dropping a `Server` without that stops it
+/// abruptly instead, without blocking and without panicking (also inside an async context):
+/// the listener closes, open connections are cut at their next await point without waiting
+/// for their command, and the runtime's threads wind down in the background. Acknowledged
+/// writes are durable either way (a write is acknowledged only once committed); the data file
+/// is closed asynchronously once the writer thread has finished the writes already queued, so
+/// reopening the same directory right after a drop may find it still in use.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
     replica_set: String,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// `None` once shut down.
+    runtime: Option<Runtime>,
 }
 
 impl Server {
-    /// Opens the data directory, binds the address and starts serving.
+    /// Opens the data directory, binds the address, starts the server's runtime and serves.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let bind_error = |source| StartError::Bind {
             addr: config.addr,
             source,
-        })?;
+        };
+        let listener = std::net::TcpListener::bind(config.addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         let store = Store::open(&config.path, config.history).map_err(|e| StartError::Storage {
             path: config.path.display().to_string(),
             reason: match e {
@@ -111,6 +158,19 @@ impl Server {
                 StoreError::Database(reason) => reason,
             },
         })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
+            .thread_name("embedded-db")
+            .thread_stack_size(THREAD_STACK_SIZE)
+            .enable_all()
+            .build()
+            .map_err(|source| StartError::Runtime { source })?;
+        let listener = {
+            // Registers the socket with the server's runtime, not the caller's.
+            let _runtime = runtime.enter();
+            TcpListener::from_std(listener).map_err(bind_error)?
+        };
         let host = config.advertised_host.clone().unwrap_or_else(|| {
             let ip = if addr.ip().is_unspecified() {
                 "127.0.0.1".to_owned()
@@ -129,19 +189,33 @@ impl Server {
                 bind_ip: addr.ip().to_string(),
                 path: config.path.clone(),
                 started: Instant::now(),
+                max_connections: config.max_connections,
+                test_commands: config.enable_test_commands,
             },
             connections: 0.into(),
             connections_created: 0.into(),
+            connections_rejected: 0.into(),
             opcounters: crate::db::OpCounters::default(),
+            fail_points: FailPoints::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, db, shutdown_rx));
-        tracing::info!(%addr, path = %config.path.display(), "embedded-db listening");
+        let task = runtime.spawn(accept_loop(listener, db, config.frame_timeout, shutdown_rx));
+        tracing::info!(
+            %addr,
+            path = %config.path.display(),
+            max_connections = config.max_connections,
+            test_commands = config.enable_test_commands,
+            "embedded-db listening"
+        );
+        if config.enable_test_commands {
+            tracing::warn!("test commands are enabled: configureFailPoint can fail any command");
+        }
         Ok(Self {
             addr,
             replica_set: config.replica_set,
             shutdown,
             task,
+            runtime: Some(runtime),
         })
     }
 
@@ -162,23 +236,148 @@ impl Server {
     }
 
     /// Stops accepting, waits (up to a few seconds) for connections to finish their current
-    /// command, and closes the data files after every acknowledged write.
-    pub async fn shutdown(self) {
+    /// command, closes the data files after every acknowledged write, and stops the server's
+    /// threads. Awaitable from any runtime; it never blocks the caller's thread.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+        if let Some(runtime) = self.runtime.take() {
+            dispose(runtime).await;
+        }
     }
 }
 
-async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Receiver<bool>) {
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            let _ = self.shutdown.send(true);
+            // Never blocks, so it cannot panic inside an async context as dropping would.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Stops `runtime` on a plain thread, where waiting for its blocking pool (storage reads still
+/// running) is allowed, and resolves once it has; dropping a runtime inside an async context
+/// would panic.
+async fn dispose(runtime: Runtime) {
+    let slot = Arc::new(Mutex::new(Some(runtime)));
+    let take =
+        |slot: &Mutex<Option<Runtime>>| slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let (done, stopped) = oneshot::channel();
+    let for_thread = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("embedded-db-stop".into())
+        .spawn(move || {
+            if let Some(runtime) = take(&for_thread) {
+                runtime.shutdown_timeout(DRAIN_TIMEOUT);
+            }
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = stopped.await;
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot start a thread to stop the runtime; stopping it in the background");
+            if let Some(runtime) = take(&slot) {
+                runtime.shutdown_background();
+            }
+        }
+    }
+}
+
+/// Rate limit of the "connection refused" warning: at most one line per
+/// [`REFUSAL_LOG_INTERVAL`], each carrying how many connections were refused since the last.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When the last line was logged.
+    last: Option<Instant>,
+    /// Refusals not yet logged.
+    pending: u64,
+}
+
+impl RefusalLog {
+    /// Notes one refusal at `now`; returns the count to log now, if a line is due.
+    fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        self.flush(now)
+    }
+
+    /// The count to log at `now`, if refusals are pending and a line is due.
+    fn flush(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= REFUSAL_LOG_INTERVAL);
+        if self.pending == 0 || !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// When pending refusals are due to be logged, if any are pending.
+    fn due_at(&self) -> Option<Instant> {
+        if self.pending == 0 {
+            return None;
+        }
+        Some(
+            self.last
+                .map_or_else(Instant::now, |last| last + REFUSAL_LOG_INTERVAL),
+        )
+    }
+}
+
+fn log_refused(refused: u64, max_connections: usize) {
+    tracing::warn!(
+        refused,
+        max_connections,
+        "connections refused: the connection limit is reached"
+    );
+}
+
+/// A served connection's place in [`Db::connections`], given back when dropped (whether the
+/// connection ended, failed or was aborted).
+#[derive(Debug)]
+struct Slot(Arc<Db>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    db: Arc<Db>,
+    frame_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     let mut reaper = tokio::time::interval(Duration::from_secs(60));
+    let mut refusals = RefusalLog::default();
+    let max_connections = db.info.max_connections;
     loop {
+        let log_due = refusals.due_at();
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let db = Arc::clone(&db);
-                    let shutdown = shutdown.clone();
-                    connections.spawn(serve(stream, peer, db, shutdown));
+                    // Only this loop raises the count, so checking and raising cannot race.
+                    if db.connections.load(Ordering::Relaxed) >= max_connections {
+                        // Accepted and closed at once, as mongod does: the client sees the
+                        // connection end and tries again later.
+                        drop(stream);
+                        db.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        if let Some(refused) = refusals.refused(Instant::now()) {
+                            log_refused(refused, max_connections);
+                        }
+                        continue;
+                    }
+                    db.connections.fetch_add(1, Ordering::Relaxed);
+                    let slot = Slot(Arc::clone(&db));
+                    let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
+                    let conn = ConnInfo::new(id, peer.to_string());
+                    connections.spawn(serve(stream, conn, slot, frame_timeout, shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -186,6 +385,11 @@ async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Re
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            () = tokio::time::sleep_until(log_due.unwrap_or_else(Instant::now).into()), if log_due.is_some() => {
+                if let Some(refused) = refusals.flush(Instant::now()) {
+                    log_refused(refused, max_connections);
+                }
+            }
             _ = reaper.tick() => {
                 let closed = db.cursors.reap(IDLE_TIMEOUT);
                 if closed > 0 {
@@ -218,29 +422,24 @@ async fn accept_loop(listener: TcpListener, db: Arc<Db>, mut shutdown: watch::Re
 
 async fn serve(
     stream: TcpStream,
-    peer: SocketAddr,
-    db: Arc<Db>,
+    conn: ConnInfo,
+    slot: Slot,
+    frame_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let db = &slot.0;
     // Replies are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
-    db.connections.fetch_add(1, Ordering::Relaxed);
-    let conn = ConnInfo {
-        id,
-        peer: peer.to_string(),
-    };
-    let mut connection = Connection::new(stream);
-    tracing::debug!(connection_id = id, %peer, "connection accepted");
+    let mut connection = Connection::new(stream, frame_timeout);
+    tracing::debug!(connection_id = conn.id, peer = %conn.peer, "connection accepted");
     let result = tokio::select! {
-        result = serve_requests(&mut connection, &db, &conn) => result,
+        result = serve_requests(&mut connection, db, &conn) => result,
         _ = shutdown.wait_for(|stop| *stop) => Ok(()),
     };
     if let Err(e) = result {
-        tracing::warn!(connection_id = id, %peer, cause = %e, "closing connection");
+        tracing::warn!(connection_id = conn.id, peer = %conn.peer, cause = %e, "closing connection");
     }
-    db.connections.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(connection_id = id, %peer, "connection closed");
+    tracing::debug!(connection_id = conn.id, peer = %conn.peer, "connection closed");
 }
 
 async fn serve_requests(
@@ -252,20 +451,34 @@ async fn serve_requests(
     while let Some(request) = connection.read_request().await? {
         reply_id = reply_id.wrapping_add(1);
         let response_to = request.request_id();
-        let bytes = match request {
-            Request::Msg(msg) => {
-                let reply = cmd::execute(db, conn, msg.body).await;
-                if msg.more_to_come {
-                    // The client asked for no reply (w:0); sending one would shift every later
-                    // response by one.
-                    continue;
-                }
-                wire::encode_msg(reply_id, response_to, &reply)
+        // OP_MSG is answered with OP_MSG, the legacy OP_QUERY handshake with OP_REPLY.
+        let (reply, op_msg, more_to_come) = match request {
+            Request::Msg(msg) => (
+                cmd::execute(db, conn, msg.body).await,
+                true,
+                msg.more_to_come,
+            ),
+            Request::Query(query) => (cmd::execute_legacy(db, conn, &query).await, false, false),
+        };
+        let reply = match reply {
+            Reply::Document(reply) => reply,
+            Reply::Close => {
+                tracing::info!(
+                    connection_id = conn.id,
+                    "closing connection for the failCommand fail point"
+                );
+                return Ok(());
             }
-            Request::Query(query) => {
-                let reply = cmd::execute_legacy(db, conn, &query).await;
-                wire::encode_reply(reply_id, response_to, &reply)
-            }
+        };
+        if more_to_come {
+            // The client asked for no reply (w:0); sending one would shift every later
+            // response by one.
+            continue;
+        }
+        let bytes = if op_msg {
+            wire::encode_msg(reply_id, response_to, &reply)
+        } else {
+            wire::encode_reply(reply_id, response_to, &reply)
         };
         match bytes {
             Ok(bytes) => connection.write_reply(&bytes).await?,
@@ -283,4 +496,28 @@ async fn serve_requests(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first refusal is logged at once; later ones within the interval are counted and
+    /// logged together once it has passed.
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second() {
+        let start = Instant::now();
+        let mut log = RefusalLog::default();
+        assert_eq!(log.due_at(), None, "nothing pending");
+        assert_eq!(log.refused(start), Some(1));
+        let soon = start + Duration::from_millis(300);
+        assert_eq!(log.refused(soon), None);
+        assert_eq!(log.refused(soon), None);
+        assert_eq!(log.due_at(), Some(start + REFUSAL_LOG_INTERVAL));
+        assert_eq!(log.flush(soon), None, "not due yet");
+        assert_eq!(log.flush(start + REFUSAL_LOG_INTERVAL), Some(2));
+        assert_eq!(log.due_at(), None);
+        let later = start + 3 * REFUSAL_LOG_INTERVAL;
+        assert_eq!(log.refused(later), Some(1));
+    }
 }

@@ -14,10 +14,16 @@ pub const MAX_BSON_OBJECT_SIZE: usize = 16 * 1024 * 1024;
 /// A command body may exceed a document's limit by this much (room for the command fields).
 const COMMAND_OVERHEAD: usize = 16 * 1024;
 /// Deepest nesting of documents and arrays accepted in a message (the command itself is the
-/// first level). Parsing, matching and encoding recurse on nesting, so this bound is what keeps
-/// a hostile document from exhausting a 2 MiB task stack, even in a debug build (measured: the
-/// BSON decoder alone needs about 20 KiB a level there). `mongod` allows 100 levels.
-pub const MAX_NESTING_DEPTH: usize = 64;
+/// first level); `mongod`'s default `maxBSONDepth` is 200 as well.
+///
+/// Parsing, matching, cloning, encoding and dropping recurse on nesting, so this bound is what
+/// keeps a hostile document from exhausting a thread's stack. The BSON decoder alone needs
+/// about 20 KiB a level in a debug build (measured), about 4 MiB at this depth: too much for a
+/// host's 2 MiB threads, which is why every thread that touches client data (the server's own
+/// runtime, its blocking pool and the storage writer) runs on `THREAD_STACK_SIZE` stacks
+/// (64 MiB), leaving more than ten times the room a 200-level document takes. Deeper messages
+/// are refused before any recursive code sees them (`check_depth` walks them iteratively).
+pub const MAX_NESTING_DEPTH: usize = 200;
 
 const HEADER_LEN: usize = 16;
 const OP_REPLY: i32 = 1;
@@ -432,13 +438,22 @@ mod tests {
             read_document(&deep, MAX_MESSAGE_LEN),
             Err(Error::Invalid(_))
         ));
-        let limit = nested_bytes(MAX_NESTING_DEPTH);
-        assert!(read_document(&limit, MAX_MESSAGE_LEN).is_ok());
         let hostile = nested_bytes(10_000);
         assert!(matches!(
             read_document(&hostile, MAX_MESSAGE_LEN),
             Err(Error::Invalid(_))
         ));
+        // A document at the limit is decoded (recursively) and dropped on a thread with the
+        // stack the server gives its own threads; the test harness's 2 MiB would not do in a
+        // debug build.
+        let limit = nested_bytes(MAX_NESTING_DEPTH);
+        let decoded = std::thread::Builder::new()
+            .stack_size(crate::server::THREAD_STACK_SIZE)
+            .spawn(move || read_document(&limit, MAX_MESSAGE_LEN).map(|(_, len)| len))
+            .expect("spawn a thread")
+            .join()
+            .expect("decoding does not overflow the stack");
+        assert!(decoded.is_ok(), "{decoded:?}");
     }
 
     #[test]

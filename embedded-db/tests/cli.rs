@@ -52,3 +52,30 @@ fn bad_address_is_refused() {
     assert!(!ok);
     assert!(stderr.contains("--addr"), "{stderr}");
 }
+
+/// Connection limits and test commands are validated at start-up: a zero limit and a value of
+/// `EMBEDDED_DB_TEST_COMMANDS` that is not a boolean are refused, naming what to fix.
+#[test]
+fn bad_limits_and_flags_are_refused() {
+    let (ok, stderr) = run(&["--max-connections", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--max-connections"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_embedded-db"))
+        .env("EMBEDDED_DB_TEST_COMMANDS", "maybe")
+        .output()
+        .expect("run embedded-db");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--enable-test-commands"), "{stderr}");
+    let help = Command::new(env!("CARGO_BIN_EXE_embedded-db"))
+        .arg("--help")
+        .output()
+        .expect("run embedded-db --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for documented in ["EMBEDDED_DB_MAX_CONNECTIONS", "EMBEDDED_DB_TEST_COMMANDS"] {
+        assert!(
+            help.contains(documented),
+            "--help names {documented}: {help}"
+        );
+    }
+}

@@ -2,7 +2,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use mongodb::bson::{doc, Bson, Document};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// Runs `command` on `admin` and returns the reply.
 async fn admin(server: &common::TestServer, command: Document) -> Document {
@@ -130,6 +134,66 @@ async fn admin_commands_answer() {
     admin(&server, doc! { "killAllSessions": [] }).await;
     let rs = admin(&server, doc! { "replSetGetStatus": 1 }).await;
     assert_eq!(rs.get_i32("myState"), Ok(1));
+}
+
+/// `serverStatus.connections` as the driver reads it: connections served now, the room left
+/// under `max_connections`, all served since start, and those refused at the limit.
+#[tokio::test]
+async fn server_status_counts_connections() {
+    let server = common::start_with(|c| c.max_connections = 4).await;
+    let connections = || async {
+        admin(&server, doc! { "serverStatus": 1 })
+            .await
+            .get_document("connections")
+            .expect("connections")
+            .clone()
+    };
+    // Polls until `current` reaches `want` (the server sees opens and closes asynchronously).
+    let current_reaches = |want: i64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = connections().await;
+            if now.get_i64("current") == Ok(want) {
+                return now;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "current never reached {want}: {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let before = connections().await;
+    // The driver holds two: its monitor's and the pooled one that runs these commands.
+    assert_eq!(before.get_i64("current"), Ok(2), "{before}");
+    assert_eq!(before.get_i64("available"), Ok(2));
+    assert_eq!(before.get_i64("rejected"), Ok(0));
+    let created = before.get_i64("totalCreated").expect("totalCreated");
+    assert!(created >= 2);
+
+    let addr = server.server.local_addr();
+    let raw = [
+        TcpStream::connect(addr).await.expect("connect"),
+        TcpStream::connect(addr).await.expect("connect"),
+    ];
+    let full = current_reaches(4).await;
+    assert_eq!(full.get_i64("available"), Ok(0));
+    assert_eq!(full.get_i64("totalCreated"), Ok(created + 2));
+
+    let mut refused = TcpStream::connect(addr).await.expect("the kernel accepts");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte))
+        .await
+        .expect("closed in time");
+    assert_eq!(read.expect("an orderly close"), 0);
+    let after = connections().await;
+    assert_eq!(after.get_i64("rejected"), Ok(1));
+    assert_eq!(after.get_i64("current"), Ok(4));
+    assert_eq!(after.get_i64("totalCreated"), Ok(created + 2));
+
+    drop(raw);
+    let freed = current_reaches(2).await;
+    assert_eq!(freed.get_i64("available"), Ok(2));
 }
 
 /// Unknown commands, unknown parameters and transactions fail with MongoDB's codes.

@@ -162,7 +162,10 @@ mod bounds {
             let err = coll.insert_one(too_deep).await.expect_err("101 levels");
             assert_eq!(common::code_of(&err), Some(15));
             let err = coll
-                .update_one(doc! { "_id": 1 }, doc! { "$set": { long_path(101): 1 } })
+                .update_one(
+                    doc! { "_id": 1 },
+                    doc! { "$set": { format!("b.{}", long_path(100)): 1 } },
+                )
                 .await
                 .expect_err("an update that nests 101 levels");
             assert_eq!(common::code_of(&err), Some(15));
@@ -170,13 +173,14 @@ mod bounds {
         });
     }
 
-    /// A command nesting 150 levels (a filter of nested `$and`s) is parsed and answered.
+    /// A command nesting 180 levels (a filter of 90 nested `$and`s, each a document and an
+    /// array) is parsed and answered.
     #[test]
     fn messages_parse_deeply_nested_commands() {
         on_big_stack(|| async {
             let server = common::start().await;
             let mut filter = doc! { "x": 1 };
-            for _ in 0..150 {
+            for _ in 0..90 {
                 filter = doc! { "$and": [filter] };
             }
             let reply = raw_command(
@@ -543,7 +547,9 @@ mod limits {
             .projection(doc! { "blob": 0 })
             .await
             .expect("find in _id order");
-        let by_id: Vec<Document> = futures::TryStreamExt::try_collect(by_id).await.expect("docs");
+        let by_id: Vec<Document> = futures::TryStreamExt::try_collect(by_id)
+            .await
+            .expect("docs");
         assert_eq!(by_id.len(), 110);
         assert_eq!(by_id.first(), Some(&doc! { "_id": 0, "k": 0 }));
         let err = coll

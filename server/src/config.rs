@@ -42,6 +42,11 @@ pub struct Config {
     pub heartbeat: Duration,
     /// `SSE_MAX_CLIENTS`: concurrent event streams.
     pub max_clients: usize,
+    /// `EMBEDDED_DB_MAX_CONNECTIONS`: connections the embedded database serves at once (the
+    /// app's own driver pool included); at least 1.
+    pub embedded_max_connections: usize,
+    /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
+    pub embedded_test_commands: bool,
 }
 
 impl Default for Config {
@@ -54,6 +59,8 @@ impl Default for Config {
             site_addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
             heartbeat: Duration::from_millis(5000),
             max_clients: 10_000,
+            embedded_max_connections: embedded_db::DEFAULT_MAX_CONNECTIONS,
+            embedded_test_commands: false,
         }
     }
 }
@@ -118,7 +125,39 @@ impl Config {
                 defaults.max_clients,
                 "whole number",
             )?,
+            embedded_max_connections: match parse(
+                var("EMBEDDED_DB_MAX_CONNECTIONS"),
+                "EMBEDDED_DB_MAX_CONNECTIONS",
+                defaults.embedded_max_connections,
+                "whole number",
+            )? {
+                0 => {
+                    return Err(ConfigError::new(
+                        "EMBEDDED_DB_MAX_CONNECTIONS",
+                        "must be at least 1",
+                    ))
+                }
+                n => n,
+            },
+            embedded_test_commands: match var("EMBEDDED_DB_TEST_COMMANDS") {
+                None => defaults.embedded_test_commands,
+                Some(text) => parse_switch(&text).ok_or_else(|| {
+                    ConfigError::new(
+                        "EMBEDDED_DB_TEST_COMMANDS",
+                        format!("expected 1/true or 0/false, got '{text}'"),
+                    )
+                })?,
+            },
         })
+    }
+}
+
+/// `1`/`true`/`yes`/`on` → on, `0`/`false`/`no`/`off` → off (any case), anything else → `None`.
+fn parse_switch(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -163,6 +202,8 @@ mod tests {
         assert_eq!(config.heartbeat, Duration::from_secs(5));
         assert_eq!(config.max_clients, 10_000);
         assert_eq!(config.mongo_db, "realtime");
+        assert_eq!(config.embedded_max_connections, 1000);
+        assert!(!config.embedded_test_commands);
     }
 
     #[test]
@@ -175,6 +216,8 @@ mod tests {
             ("LEPTOS_SITE_ADDR", "127.0.0.1:0"),
             ("SSE_HEARTBEAT_MS", "250"),
             ("SSE_MAX_CLIENTS", "3"),
+            ("EMBEDDED_DB_MAX_CONNECTIONS", "20"),
+            ("EMBEDDED_DB_TEST_COMMANDS", "1"),
         ]))
         .expect("valid");
         assert_eq!(
@@ -186,6 +229,18 @@ mod tests {
         assert_eq!(config.embedded_path, PathBuf::from("/tmp/x"));
         assert_eq!(config.heartbeat, Duration::from_millis(250));
         assert_eq!(config.max_clients, 3);
+        assert_eq!(config.embedded_max_connections, 20);
+        assert!(config.embedded_test_commands);
+        for (value, on) in [
+            ("true", true),
+            ("TRUE", true),
+            ("0", false),
+            ("false", false),
+        ] {
+            let config = Config::from_lookup(lookup(&[("EMBEDDED_DB_TEST_COMMANDS", value)]))
+                .expect("a switch");
+            assert_eq!(config.embedded_test_commands, on, "{value}");
+        }
     }
 
     #[test]
@@ -198,6 +253,9 @@ mod tests {
             ("SSE_MAX_CLIENTS", "-1"),
             ("MONGO_URI", "http://x"),
             ("MONGO_DB", "a.b"),
+            ("EMBEDDED_DB_MAX_CONNECTIONS", "many"),
+            ("EMBEDDED_DB_MAX_CONNECTIONS", "0"),
+            ("EMBEDDED_DB_TEST_COMMANDS", "maybe"),
         ] {
             let err = Config::from_lookup(lookup(&[(name, value)])).expect_err(name);
             assert_eq!(err.variable, name);

@@ -39,7 +39,11 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
     let (uri, variable, embedded) = match &config.mongo_uri {
         Some(uri) => (uri.clone(), "MONGO_URI", None),
         None => {
-            let settings = embedded_db::Config::new(config.embedded_addr, &config.embedded_path);
+            let settings = embedded_db::Config {
+                max_connections: config.embedded_max_connections,
+                enable_test_commands: config.embedded_test_commands,
+                ..embedded_db::Config::new(config.embedded_addr, &config.embedded_path)
+            };
             let server = embedded_db::Server::start(settings)
                 .await
                 .map_err(|e| match e {
@@ -49,6 +53,12 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
                     embedded_db::StartError::Storage { .. } => {
                         ConfigError::new("EMBEDDED_DB_PATH", e.to_string())
                     }
+                    // Not a bad value: the system refused threads. `MONGO_URI` is the setting
+                    // that avoids the embedded database altogether.
+                    embedded_db::StartError::Runtime { .. } => ConfigError::new(
+                        "MONGO_URI",
+                        format!("unset, and the embedded database cannot start: {e}"),
+                    ),
                 })?;
             (server.uri(), "EMBEDDED_DB_ADDR", Some(server))
         }

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use embedded_db::{
-    Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_PATH, DEFAULT_REPLICA_SET,
+    Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_PATH,
+    DEFAULT_REPLICA_SET,
 };
 
 /// A MongoDB-wire-compatible database with change streams, durable on disk.
@@ -34,9 +35,27 @@ struct Args {
     /// `host:port` reported in `hello` (defaults to the bound address).
     #[arg(long, env = "EMBEDDED_DB_ADVERTISE")]
     advertise: Option<String>,
+    /// Connections served at once; beyond it new ones are accepted and closed at once (logged
+    /// at most once a second).
+    #[arg(
+        long,
+        env = "EMBEDDED_DB_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+    )]
+    max_connections: usize,
+    /// Enable test commands (`configureFailPoint`) for driver test suites; never in production.
+    /// As a variable: `1`/`true` on, `0`/`false` off.
+    #[arg(
+        long,
+        env = "EMBEDDED_DB_TEST_COMMANDS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    enable_test_commands: bool,
 }
 
-#[tokio::main]
+// The server runs on a runtime of its own; this one only waits for the shutdown signal.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -50,16 +69,22 @@ async fn main() -> ExitCode {
         history: args.history,
         replica_set: args.replica_set,
         advertised_host: args.advertise,
+        max_connections: args.max_connections,
+        enable_test_commands: args.enable_test_commands,
         ..Config::new(args.addr, args.path)
     };
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(e) => {
-            let variable = match e {
-                embedded_db::StartError::Bind { .. } => "EMBEDDED_DB_ADDR",
-                embedded_db::StartError::Storage { .. } => "EMBEDDED_DB_PATH",
-            };
-            eprintln!("embedded-db: {e} ({variable})");
+            match e {
+                embedded_db::StartError::Bind { .. } => {
+                    eprintln!("embedded-db: {e} (EMBEDDED_DB_ADDR)");
+                }
+                embedded_db::StartError::Storage { .. } => {
+                    eprintln!("embedded-db: {e} (EMBEDDED_DB_PATH)");
+                }
+                embedded_db::StartError::Runtime { .. } => eprintln!("embedded-db: {e}"),
+            }
             return ExitCode::FAILURE;
         }
     };

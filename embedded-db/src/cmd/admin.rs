@@ -10,7 +10,7 @@ use super::Request;
 use crate::db::{ConnInfo, Db};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::storage::timestamp_of;
-use crate::wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_LEN};
+use crate::wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_LEN, MAX_NESTING_DEPTH};
 
 /// The MongoDB version this server answers as (wire version 21).
 const VERSION: &str = "7.0.14";
@@ -77,21 +77,22 @@ pub(super) fn build_info() -> Document {
     }
 }
 
-/// The parameters `getParameter` knows.
-fn parameters() -> Document {
+/// The parameters `getParameter` knows, with the values in force.
+fn parameters(db: &Db) -> Document {
     doc! {
         "featureCompatibilityVersion": { "version": "7.0" },
-        // No fail points: test suites that need `configureFailPoint` skip those tests.
-        "enableTestCommands": false,
+        // Test suites (pymongo's, the unified runner) run their fail-point tests only when
+        // this is true, so it says whether `configureFailPoint` exists.
+        "enableTestCommands": db.info.test_commands,
         "authenticationMechanisms": [],
         "transactionLifetimeLimitSeconds": 60,
-        "maxBSONDepth": 100,
+        "maxBSONDepth": i32::try_from(MAX_NESTING_DEPTH).unwrap_or(i32::MAX),
     }
 }
 
 /// Implements `getParameter` (`"*"`, or named parameters set to 1).
-pub(super) fn get_parameter(req: &Request<'_>) -> CommandResult<Document> {
-    let all = parameters();
+pub(super) fn get_parameter(db: &Db, req: &Request<'_>) -> CommandResult<Document> {
+    let all = parameters(db);
     if matches!(req.value(), Bson::String(s) if s == "*") {
         return Ok(all);
     }
@@ -113,10 +114,13 @@ pub(super) fn get_parameter(req: &Request<'_>) -> CommandResult<Document> {
     Ok(out)
 }
 
-/// Implements `serverStatus` (the fields tools read).
+/// Implements `serverStatus` (the fields tools read). `connections` is the truth:
+/// `current` connections served now, `available` = the limit minus `current`,
+/// `totalCreated` connections served since start, `rejected` connections refused at the limit.
 pub(super) fn server_status(db: &Db) -> Document {
     let uptime = db.info.started.elapsed();
     let current = db.connections.load(Ordering::Relaxed);
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     doc! {
         "host": db.info.host.as_str(),
         "version": VERSION,
@@ -128,8 +132,9 @@ pub(super) fn server_status(db: &Db) -> Document {
         "localTime": bson::DateTime::now(),
         "connections": {
             "current": i64::try_from(current).unwrap_or(i64::MAX),
-            "available": 1_000_000_i64,
-            "totalCreated": i64::try_from(db.connections_created.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            "available": i64::try_from(db.info.max_connections.saturating_sub(current)).unwrap_or(i64::MAX),
+            "totalCreated": count(db.connections_created.load(Ordering::Relaxed)),
+            "rejected": count(db.connections_rejected.load(Ordering::Relaxed)),
         },
         "opcounters": db.opcounters.to_document(),
         "metrics": { "cursor": {
@@ -202,11 +207,19 @@ pub(super) fn start_session() -> Document {
     }
 }
 
-/// Implements `listCommands`.
-pub(super) fn list_commands() -> Document {
-    let commands: Document = super::COMMANDS
-        .iter()
-        .map(|name| ((*name).to_owned(), Bson::Document(doc! { "help": "" })))
+/// Implements `listCommands`: the dispatch table, plus `configureFailPoint` when test
+/// commands are on.
+pub(super) fn list_commands(db: &Db) -> Document {
+    let test_only: &[&str] = if db.info.test_commands {
+        &["configureFailPoint"]
+    } else {
+        &[]
+    };
+    let mut names: Vec<&str> = super::COMMANDS.iter().chain(test_only).copied().collect();
+    names.sort_unstable();
+    let commands: Document = names
+        .into_iter()
+        .map(|name| (name.to_owned(), Bson::Document(doc! { "help": "" })))
         .collect();
     doc! { "commands": commands }
 }

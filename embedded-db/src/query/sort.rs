@@ -133,9 +133,15 @@ mod tests {
     #[test]
     fn parses_directions() {
         assert!(SortSpec::parse(&doc! { "a": 1.0, "b": -1i64 }).is_ok());
-        assert!(SortSpec::parse(&doc! { "_id": 1 }).unwrap().is_id_ascending());
-        assert!(!SortSpec::parse(&doc! { "_id": -1 }).unwrap().is_id_ascending());
-        assert!(!SortSpec::parse(&doc! { "_id": 1, "a": 1 }).unwrap().is_id_ascending());
+        assert!(SortSpec::parse(&doc! { "_id": 1 })
+            .unwrap()
+            .is_id_ascending());
+        assert!(!SortSpec::parse(&doc! { "_id": -1 })
+            .unwrap()
+            .is_id_ascending());
+        assert!(!SortSpec::parse(&doc! { "_id": 1, "a": 1 })
+            .unwrap()
+            .is_id_ascending());
         for bad in [
             doc! { "a": 0 },
             doc! { "a": 2 },

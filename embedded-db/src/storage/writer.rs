@@ -110,6 +110,7 @@ impl Store {
         let writer_db = Arc::clone(&db);
         std::thread::Builder::new()
             .name("embedded-db-writer".into())
+            .stack_size(crate::server::THREAD_STACK_SIZE)
             .spawn(move || {
                 let stop = writer_loop(
                     &writer_db,

@@ -50,6 +50,16 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
     }
 }
 
+/// Starts a server without any client, for tests that count the server's connections (a
+/// driver client keeps a monitoring connection of its own).
+pub async fn start_bare(configure: impl FnOnce(&mut Config)) -> (Server, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::new("127.0.0.1:0".parse().expect("address"), dir.path());
+    configure(&mut config);
+    let server = Server::start(config).await.expect("server starts");
+    (server, dir)
+}
+
 /// A driver client for `uri`, failing fast when the server is not there.
 pub async fn client(uri: &str) -> Client {
     let mut options = ClientOptions::parse(uri).await.expect("valid uri");
