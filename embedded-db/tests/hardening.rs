@@ -69,6 +69,18 @@ fn int(reply: &Document, key: &str) -> Option<i64> {
     }
 }
 
+/// Sends one OP_MSG command, hangs up its side and throws away whatever comes back; returns
+/// once the server has closed the connection (so the command has run).
+async fn send_and_hang_up(addr: SocketAddr, body: &Document) {
+    let frame = embedded_db::wire::encode_request(1, body).expect("encode");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(&frame).await.expect("send");
+    stream.shutdown().await.expect("half-close");
+    // The server answers (into a closed socket) and then sees EOF: wait for its side to close.
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
+}
+
 fn code(reply: &Document) -> Option<i32> {
     reply.get_i32("code").ok()
 }
@@ -344,6 +356,51 @@ mod retryable {
         .await;
         assert_eq!(code(&old), Some(225), "{old}");
         assert_eq!(old.get_str("codeName"), Ok("TransactionTooOld"));
+    }
+
+    /// A reply the client never uses (it hangs up and throws the reply away): the retry on a
+    /// new connection gets the recorded reply and the `$inc` is applied once.
+    #[tokio::test]
+    async fn a_lost_reply_is_not_applied_twice() {
+        let server = common::start().await;
+        let addr = server.server.local_addr();
+        let coll: Collection<Document> = server.db().collection("lost");
+        coll.insert_one(doc! { "_id": 1, "n": 0 })
+            .await
+            .expect("insert");
+        let inc = retryable(
+            doc! { "update": "lost", "updates": [{ "q": { "_id": 1 }, "u": { "$inc": { "n": 1 } } }] },
+            5,
+        );
+        send_and_hang_up(addr, &inc).await;
+        let retry = raw_command(addr, &inc).await;
+        assert_eq!(int(&retry, "n"), Some(1), "{retry}");
+        assert_eq!(
+            coll.find_one(doc! { "_id": 1 }).await.expect("find"),
+            Some(doc! { "_id": 1, "n": 1 })
+        );
+    }
+
+    /// The driver's own retry: `closeConnection` drops the first `insert`, the driver retries
+    /// it once with the same transaction number, and exactly one document is stored.
+    #[tokio::test]
+    async fn driver_retries_through_a_dropped_connection() {
+        let server = common::start_with(|c| c.enable_test_commands = true).await;
+        server
+            .client
+            .database("admin")
+            .run_command(doc! {
+                "configureFailPoint": "failCommand",
+                "mode": { "times": 1 },
+                "data": { "failCommands": ["insert"], "closeConnection": true },
+            })
+            .await
+            .expect("fail point");
+        let coll: Collection<Document> = server.db().collection("dropped");
+        coll.insert_one(doc! { "_id": 1 })
+            .await
+            .expect("retried by the driver");
+        assert_eq!(coll.count_documents(doc! {}).await.expect("count"), 1);
     }
 
     /// A retried `findAndModify` returns the recorded document, also after a restart.
