@@ -27,7 +27,7 @@ E2E := end2end
 CARGO_TEST_ENV := RUSTFLAGS="--cfg erase_components" LEPTOS_OUTPUT_NAME=realtime
 
 .PHONY: run test test-rust test-e2e build-site tools wasm-target cargo-leptos wasm-bindgen \
-	npm-deps e2e-deps chromium lint db bench bench-app node-deps py-deps
+	npm-deps e2e-deps chromium lint db bench bench-app node-deps py-deps fuzz
 
 ## Install the tools, build, serve http://127.0.0.1:3000 on the embedded database (./data/db).
 run: tools npm-deps
@@ -71,6 +71,19 @@ bench-app:
 ## Print the embedded database's throughput and latency figures (release build).
 bench:
 	cargo bench --locked -p embedded-db --bench throughput
+
+# Fuzzing bounds: whichever comes first (FUZZ_SECONDS=0 with FUZZ_INPUTS for a count only);
+# FUZZ_SEED replays a run's inputs (default: a seed from the clock, printed).
+FUZZ_SECONDS ?= 120
+FUZZ_INPUTS ?=
+FUZZ_SEED ?=
+
+## Fuzz the release embedded-db binary over TCP for FUZZ_SECONDS (120) or FUZZ_INPUTS inputs;
+## findings go to embedded-db/fuzz/findings/ and make the target fail. Not part of `make test`.
+fuzz:
+	cargo build --release --locked -p embedded-db
+	cargo run --release --locked -p embedded-db --example fuzz -- --seconds $(FUZZ_SECONDS) \
+		$(if $(FUZZ_INPUTS),--inputs $(FUZZ_INPUTS)) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 # ---- tools ---------------------------------------------------------------------------------
 
