@@ -84,7 +84,13 @@ fn command_name(body: &Document) -> String {
 pub(crate) async fn execute(db: &Arc<Db>, conn: &ConnInfo, body: Document) -> Reply {
     let name = command_name(&body);
     conn.note_handshake(&name, &body);
-    run(db, conn, &name, async {
+    let retryable_write = body.contains_key("txnNumber")
+        && !body.contains_key("autocommit")
+        && matches!(
+            name.as_str(),
+            "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
+        );
+    let reply = run(db, conn, &name, async {
         match body.get("$db") {
             Some(Bson::String(name)) => {
                 let request = Request {
@@ -99,7 +105,32 @@ pub(crate) async fn execute(db: &Arc<Db>, conn: &ConnInfo, body: Document) -> Re
             )),
         }
     })
-    .await
+    .await;
+    match reply {
+        Reply::Document(mut doc) if retryable_write => {
+            label_retryable_error(&mut doc);
+            Reply::Document(doc)
+        }
+        other => other,
+    }
+}
+
+/// Error codes after which a driver may retry a write (a node stepping down or shutting down,
+/// a network failure): mongod labels them `RetryableWriteError` on a retryable write.
+const RETRYABLE_WRITE_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
+/// Adds the `RetryableWriteError` label to the error reply of a retryable write whose code
+/// drivers retry on, unless the reply already carries labels (a fail point's own).
+fn label_retryable_error(reply: &mut Document) {
+    let failed = reply.get_f64("ok").is_ok_and(|ok| ok == 0.0);
+    let retryable = reply
+        .get_i32("code")
+        .is_ok_and(|code| RETRYABLE_WRITE_CODES.contains(&code));
+    if failed && retryable && !reply.contains_key("errorLabels") {
+        reply.insert("errorLabels", vec!["RetryableWriteError"]);
+    }
 }
 
 /// Runs a legacy OP_QUERY command: only the handshake (`isMaster`/`ismaster`/`hello`) is

@@ -317,3 +317,25 @@ async fn max_time_always_time_out_can_be_configured() {
     let off = doc! { "configureFailPoint": "maxTimeAlwaysTimeOut", "mode": "off" };
     assert_eq!(configure(client, off).await, 0);
 }
+
+/// A retryable error code on a retryable write carries `RetryableWriteError`, as mongod labels
+/// it, so the driver retries the insert once and it is stored exactly once.
+#[tokio::test]
+async fn retryable_write_errors_are_labelled_and_retried() {
+    let server = start().await;
+    configure(
+        &server.client,
+        doc! {
+            "configureFailPoint": "failCommand",
+            "mode": { "times": 1 },
+            "data": { "failCommands": ["insert"], "errorCode": 91 },
+        },
+    )
+    .await;
+    let coll = server.db().collection::<Document>("labelled");
+    coll.insert_one(doc! { "_id": 1 })
+        .await
+        .expect("the driver retries a labelled error");
+    assert_eq!(coll.count_documents(doc! {}).await.expect("count"), 1);
+    assert_eq!(fail_command_off(&server.client).await, 1, "fired once");
+}

@@ -272,18 +272,19 @@ async fn deep_command_is_parsed() {
     assert_eq!(reply.get_f64("ok").expect("ok"), 1.0);
 }
 
-/// A document at the nesting limit is stored, found and returned byte for byte; one level more
-/// closes the connection (a hostile depth would otherwise exhaust the stack).
+/// A document at the stored nesting limit (100 levels) is stored, found and returned byte for
+/// byte; one at the message limit (200 with the command) is parsed and refused with 15; one
+/// level more closes the connection (a hostile depth would otherwise exhaust the stack).
 #[tokio::test]
 async fn nesting_depth_is_bounded() {
     let server = common::start().await;
     let mut stream = TcpStream::connect(server.server.local_addr())
         .await
         .expect("connect");
-    // insert command (1) > documents array (2) > the document (3 … 200).
+    // The document (1) > `a` (2 … 100): the deepest document that may be stored.
     let mut deep = RawDocumentBuf::new();
     deep.append("_id", 1);
-    deep.append("a", nested_bytes(MAX_NESTING_DEPTH - 3));
+    deep.append("a", nested_bytes(99));
     let mut documents = RawArrayBuf::new();
     documents.push(deep.clone());
     let mut insert = RawDocumentBuf::new();
@@ -323,6 +324,27 @@ async fn nesting_depth_is_bounded() {
         .to_raw_document_buf();
     assert_eq!(found.as_bytes(), deep.as_bytes(), "returned as stored");
 
+    // insert command (1) > documents array (2) > the document (3 … 200): parsed, not stored.
+    let mut at_wire_limit = RawDocumentBuf::new();
+    at_wire_limit.append("insert", "deep");
+    let mut documents = RawArrayBuf::new();
+    documents.push(nested_bytes(MAX_NESTING_DEPTH - 2));
+    at_wire_limit.append("documents", documents);
+    at_wire_limit.append("$db", "test");
+    stream
+        .write_all(&raw_op_msg(3, &at_wire_limit))
+        .await
+        .expect("send");
+    let reply = read_raw_reply(&mut stream).await;
+    let code = reply
+        .get_array("writeErrors")
+        .ok()
+        .and_then(|e| e.into_iter().next())
+        .and_then(Result::ok)
+        .and_then(|e| e.as_document())
+        .and_then(|e| e.get_i32("code").ok());
+    assert_eq!(code, Some(15), "deeper than 100 levels is not stored");
+
     let mut too_deep = RawDocumentBuf::new();
     too_deep.append("insert", "deep");
     let mut documents = RawArrayBuf::new();
@@ -330,7 +352,7 @@ async fn nesting_depth_is_bounded() {
     too_deep.append("documents", documents);
     too_deep.append("$db", "test");
     stream
-        .write_all(&raw_op_msg(3, &too_deep))
+        .write_all(&raw_op_msg(4, &too_deep))
         .await
         .expect("send");
     assert_closed(&mut stream).await;
