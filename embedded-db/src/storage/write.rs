@@ -37,7 +37,13 @@ impl Touched {
     }
 
     fn mark(&mut self, ns: &Namespace, pos: Position) {
-        self.by_ns.insert(ns.key(), pos);
+        let key = ns.key();
+        match self.by_ns.get_mut(&key) {
+            Some(last) => *last = pos,
+            None => {
+                self.by_ns.insert(key, pos);
+            }
+        }
     }
 
     fn last(&self, ns: &Namespace) -> Position {
@@ -211,7 +217,7 @@ impl WriteCtx<'_> {
         let id_key = keys::encode(&id);
         let bytes = encode_document(&doc)?;
         {
-            let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+            let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
             if table
                 .get((meta.key_prefix(), id_key.as_slice()))
                 .map_err(|e| self.fail(e))?
@@ -224,11 +230,8 @@ impl WriteCtx<'_> {
                     &doc! { "_id": id },
                 ));
             }
-        }
-        let index_entries = self.check_index_keys(ns, meta, &doc, &id_key)?;
-        self.put_index_keys(&index_entries, &id_key)?;
-        {
-            let mut table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+            let index_entries = self.check_index_keys(ns, meta, &doc, &id_key)?;
+            self.put_index_keys(&index_entries, &id_key)?;
             table
                 .insert((meta.key_prefix(), id_key.as_slice()), bytes.as_slice())
                 .map_err(|e| self.fail(e))?;
@@ -351,6 +354,9 @@ impl WriteCtx<'_> {
         doc: &Document,
         id_key: &[u8],
     ) -> CommandResult<Vec<(u64, Vec<u8>)>> {
+        if !meta.indexes.iter().any(|i| i.unique) {
+            return Ok(Vec::new());
+        }
         let table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
         let mut entries = Vec::new();
         for index in meta.indexes.iter().filter(|i| i.unique) {
@@ -374,6 +380,9 @@ impl WriteCtx<'_> {
 
     /// Writes unique-index entries checked by [`WriteCtx::check_index_keys`].
     fn put_index_keys(&self, entries: &[(u64, Vec<u8>)], id_key: &[u8]) -> CommandResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
         for (prefix, key) in entries {
             table
