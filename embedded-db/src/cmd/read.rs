@@ -364,7 +364,13 @@ pub(super) async fn get_more(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
         CursorKind::Documents(ref mut queue, ref mut bytes) => {
             let batch = take_batch(queue, limit.unwrap_or(usize::MAX));
             let before = *bytes;
-            *bytes = queue.iter().map(crate::limits::approx_size).sum();
+            // Count down by what this batch took, rather than re-measuring the whole rest.
+            let taken: usize = batch
+                .iter()
+                .filter_map(Bson::as_document)
+                .map(crate::limits::approx_size)
+                .sum();
+            *bytes = before.saturating_sub(taken);
             let open = !queue.is_empty();
             db.cursors.resize(before, if open { *bytes } else { 0 });
             let ns = cursor.ns.clone();
