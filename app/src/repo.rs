@@ -51,7 +51,6 @@ struct Inner {
     clock: Clock,
     users: Cache<User>,
     devices: Cache<Device>,
-    reads: AtomicU64,
 }
 
 /// One list's snapshot; the mutex makes concurrent misses wait for the one read in flight.
@@ -59,6 +58,10 @@ struct Inner {
 struct Cache<T> {
     current: RwLock<Option<(Freshness, Arc<Snapshot<T>>)>>,
     loading: Mutex<()>,
+    /// Requests that read the database.
+    reads: AtomicU64,
+    /// Requests served from the snapshot.
+    hits: AtomicU64,
 }
 
 impl<T> Default for Cache<T> {
@@ -66,8 +69,19 @@ impl<T> Default for Cache<T> {
         Self {
             current: RwLock::new(None),
             loading: Mutex::new(()),
+            reads: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
         }
     }
+}
+
+/// How one list was served so far: database reads and snapshot hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCounts {
+    /// Requests that read the database.
+    pub reads: u64,
+    /// Requests served from the cached snapshot.
+    pub hits: u64,
 }
 
 impl<T> Cache<T> {
@@ -80,6 +94,20 @@ impl<T> Cache<T> {
         match current.as_ref() {
             Some((read_at, snapshot)) if read_at.covers(needed) => Some(Arc::clone(snapshot)),
             _ => None,
+        }
+    }
+
+    /// [`Self::get`], counted as a hit when it finds one.
+    fn hit(&self, needed: Freshness) -> Option<Arc<Snapshot<T>>> {
+        let snapshot = self.get(needed)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(snapshot)
+    }
+
+    fn counts(&self) -> ReadCounts {
+        ReadCounts {
+            reads: self.reads.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
         }
     }
 
@@ -190,7 +218,6 @@ impl Repo {
                 clock: Clock::default(),
                 users: Cache::default(),
                 devices: Cache::default(),
-                reads: AtomicU64::new(0),
             }),
         }
     }
@@ -243,9 +270,19 @@ impl Repo {
         .await
     }
 
-    /// Database reads made so far (cache misses), for benchmarks.
+    /// Database reads made so far (cache misses) of both lists.
     pub fn reads(&self) -> u64 {
-        self.inner.reads.load(Ordering::Relaxed)
+        self.users_reads().reads + self.devices_reads().reads
+    }
+
+    /// How the users list was served so far.
+    pub fn users_reads(&self) -> ReadCounts {
+        self.inner.users.counts()
+    }
+
+    /// How the lock-devices list was served so far.
+    pub fn devices_reads(&self) -> ReadCounts {
+        self.inner.devices.counts()
     }
 
     async fn cached<T, F, Fut>(
@@ -261,18 +298,18 @@ impl Repo {
             operation_time: self.inner.clock.now(&self.inner.db).await?,
             changes: self.inner.position.borrow().changes,
         };
-        if let Some(snapshot) = cache.get(needed) {
+        if let Some(snapshot) = cache.hit(needed) {
             return Ok(snapshot);
         }
         let _loading = cache.loading.lock().await;
         // Another request may have read while this one waited.
-        if let Some(snapshot) = cache.get(needed) {
+        if let Some(snapshot) = cache.hit(needed) {
             return Ok(snapshot);
         }
         // Taken before the read: the list read next is at least as new as this position.
         let token = self.inner.position.borrow().token.clone();
         let items = load().await?;
-        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        cache.reads.fetch_add(1, Ordering::Relaxed);
         let snapshot = Arc::new(Snapshot {
             items,
             position: token,

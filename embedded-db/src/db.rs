@@ -29,6 +29,8 @@ pub(crate) struct Db {
     pub(crate) connections_rejected: AtomicU64,
     /// Commands served, by kind (`serverStatus.opcounters`).
     pub(crate) opcounters: OpCounters,
+    /// Pipeline stages run, by name (`serverStatus.metrics.aggStageCounters`).
+    pub(crate) stage_counters: StageCounters,
     /// Test hooks set by `configureFailPoint`; all off unless a test turns one on.
     pub(crate) fail_points: FailPoints,
 }
@@ -88,6 +90,58 @@ impl OpCounters {
             "getmore": get(&self.getmore),
             "command": get(&self.command),
         }
+    }
+}
+
+/// Stages `aggStageCounters` reports, as mongod does: every stage the server knows, used or not.
+const COUNTED_STAGES: [&str; 14] = [
+    "$addFields",
+    "$changeStream",
+    "$count",
+    "$group",
+    "$limit",
+    "$match",
+    "$project",
+    "$replaceRoot",
+    "$replaceWith",
+    "$set",
+    "$skip",
+    "$sort",
+    "$unset",
+    "$unwind",
+];
+
+/// `serverStatus.metrics.aggStageCounters`: how many accepted pipelines used each stage (a
+/// change stream counts once when it is opened, not per `getMore`).
+#[derive(Debug, Default)]
+pub(crate) struct StageCounters {
+    counts: [AtomicU64; COUNTED_STAGES.len()],
+}
+
+impl StageCounters {
+    /// Counts one use of each stage of `pipeline` (stage documents; unknown names are skipped).
+    pub(crate) fn count<'a>(&self, pipeline: impl IntoIterator<Item = &'a bson::Bson>) {
+        for stage in pipeline {
+            let name = stage.as_document().and_then(|d| d.keys().next());
+            if let Some(i) = name.and_then(|n| COUNTED_STAGES.iter().position(|s| s == n)) {
+                self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The `aggStageCounters` document.
+    pub(crate) fn to_document(&self) -> bson::Document {
+        COUNTED_STAGES
+            .iter()
+            .zip(&self.counts)
+            .map(|(name, count)| {
+                let n = count.load(std::sync::atomic::Ordering::Relaxed);
+                (
+                    (*name).to_owned(),
+                    bson::Bson::Int64(i64::try_from(n).unwrap_or(i64::MAX)),
+                )
+            })
+            .collect()
     }
 }
 

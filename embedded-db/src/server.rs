@@ -196,6 +196,7 @@ impl Server {
             connections_created: 0.into(),
             connections_rejected: 0.into(),
             opcounters: crate::db::OpCounters::default(),
+            stage_counters: crate::db::StageCounters::default(),
             fail_points: FailPoints::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -551,3 +551,43 @@ async fn waiting_stream_counts_as_open_cursor() {
         .expect("task");
     assert!(matches!(event, Some(Ok(OperationType::Insert))));
 }
+
+/// `serverStatus.metrics.aggStageCounters` counts each stage of accepted pipelines, as mongod
+/// does: a change stream once when it is opened, stages never used as 0.
+#[tokio::test]
+async fn stage_counters_count_opened_streams() {
+    let server = common::start().await;
+    let coll = server.db().collection::<Document>("staged");
+    let first = coll.watch().await.expect("watch");
+    let second = coll
+        .watch()
+        .pipeline([doc! { "$match": { "operationType": "insert" } }])
+        .await
+        .expect("watch with a pipeline");
+    coll.insert_one(doc! { "_id": 1, "k": "a" })
+        .await
+        .expect("insert");
+    let grouped = coll
+        .aggregate([
+            doc! { "$match": {} },
+            doc! { "$group": { "_id": "$k", "n": { "$sum": 1 } } },
+        ])
+        .await
+        .expect("aggregate");
+    drop((first, second, grouped));
+    let status = server
+        .client
+        .database("admin")
+        .run_command(doc! { "serverStatus": 1 })
+        .await
+        .expect("serverStatus");
+    let counters = status
+        .get_document("metrics")
+        .and_then(|m| m.get_document("aggStageCounters"))
+        .expect("aggStageCounters")
+        .clone();
+    assert_eq!(counters.get_i64("$changeStream"), Ok(2));
+    assert_eq!(counters.get_i64("$match"), Ok(2));
+    assert_eq!(counters.get_i64("$group"), Ok(1));
+    assert_eq!(counters.get_i64("$sort"), Ok(0));
+}

@@ -42,6 +42,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// `SSE_MAX_CLIENTS`: concurrent event streams.
     pub max_clients: usize,
+    /// `SSE_WRITE_TIMEOUT_MS`: a connection with bytes pending, of which its socket accepted
+    /// none for this long, is closed (an event stream's slot is freed).
+    pub write_timeout: Duration,
     /// `EMBEDDED_DB_MAX_CONNECTIONS`: connections the embedded database serves at once (the
     /// app's own driver pool included); at least 1.
     pub embedded_max_connections: usize,
@@ -59,6 +62,7 @@ impl Default for Config {
             site_addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
             heartbeat: Duration::from_millis(5000),
             max_clients: 10_000,
+            write_timeout: Duration::from_millis(30_000),
             embedded_max_connections: embedded_db::DEFAULT_MAX_CONNECTIONS,
             embedded_test_commands: false,
         }
@@ -125,6 +129,20 @@ impl Config {
                 defaults.max_clients,
                 "whole number",
             )?,
+            write_timeout: match parse(
+                var("SSE_WRITE_TIMEOUT_MS"),
+                "SSE_WRITE_TIMEOUT_MS",
+                30_000u64,
+                "number of milliseconds",
+            )? {
+                0 => {
+                    return Err(ConfigError::new(
+                        "SSE_WRITE_TIMEOUT_MS",
+                        "must be at least 1",
+                    ))
+                }
+                ms => Duration::from_millis(ms),
+            },
             embedded_max_connections: match parse(
                 var("EMBEDDED_DB_MAX_CONNECTIONS"),
                 "EMBEDDED_DB_MAX_CONNECTIONS",
@@ -201,6 +219,7 @@ mod tests {
         assert_eq!(config.embedded_addr.to_string(), "127.0.0.1:27017");
         assert_eq!(config.heartbeat, Duration::from_secs(5));
         assert_eq!(config.max_clients, 10_000);
+        assert_eq!(config.write_timeout, Duration::from_secs(30));
         assert_eq!(config.mongo_db, "realtime");
         assert_eq!(config.embedded_max_connections, 1000);
         assert!(!config.embedded_test_commands);
@@ -216,6 +235,7 @@ mod tests {
             ("LEPTOS_SITE_ADDR", "127.0.0.1:0"),
             ("SSE_HEARTBEAT_MS", "250"),
             ("SSE_MAX_CLIENTS", "3"),
+            ("SSE_WRITE_TIMEOUT_MS", "500"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "20"),
             ("EMBEDDED_DB_TEST_COMMANDS", "1"),
         ]))
@@ -229,6 +249,7 @@ mod tests {
         assert_eq!(config.embedded_path, PathBuf::from("/tmp/x"));
         assert_eq!(config.heartbeat, Duration::from_millis(250));
         assert_eq!(config.max_clients, 3);
+        assert_eq!(config.write_timeout, Duration::from_millis(500));
         assert_eq!(config.embedded_max_connections, 20);
         assert!(config.embedded_test_commands);
         for (value, on) in [
@@ -251,6 +272,7 @@ mod tests {
             ("SSE_HEARTBEAT_MS", "soon"),
             ("SSE_HEARTBEAT_MS", "0"),
             ("SSE_MAX_CLIENTS", "-1"),
+            ("SSE_WRITE_TIMEOUT_MS", "0"),
             ("MONGO_URI", "http://x"),
             ("MONGO_DB", "a.b"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "many"),

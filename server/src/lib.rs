@@ -6,13 +6,17 @@
 //! - `config`: the typed settings from the environment.
 //! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
 //! - `hub`: the one change stream and its fan-out to clients.
-//! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`.
+//! - `net`: the listener, write deadlines, handing a connection over to its event stream.
+//! - `metrics`: the counters behind `/metrics`.
+//! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`, `/metrics`.
 //! - `state`, `error`: shared state, the error body.
 
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod hub;
+pub mod metrics;
+pub mod net;
 mod routes;
 pub mod state;
 
@@ -116,7 +120,13 @@ pub async fn start(
     }
     leptos_options.site_addr = addr;
     let shutdown = CancellationToken::new();
-    let hub = hub::Hub::start(connection.db.clone(), shutdown.clone());
+    let metrics = Arc::new(metrics::Metrics::default());
+    let hub = hub::Hub::start(
+        connection.db.clone(),
+        Arc::clone(&metrics),
+        config.heartbeat,
+        shutdown.clone(),
+    );
     if !hub.wait_open(STREAM_WAIT).await {
         tracing::warn!("change stream not open yet; serving anyway, /readyz says 503 until it is");
     }
@@ -128,10 +138,13 @@ pub async fn start(
         shutdown: shutdown.clone(),
         sse_clients: Arc::default(),
     };
+    let listener = net::SiteListener::new(listener, state.config.write_timeout, metrics);
     let app = router(state.clone());
     let task = tokio::spawn(async move {
-        // A make-service clones the router (an Arc) per connection instead of rebuilding it.
-        let served = axum::serve(listener, app.into_make_service())
+        // A make-service clones the router (an Arc) per connection instead of rebuilding it;
+        // the connection info lets an event stream take its connection over.
+        let service = app.into_make_service_with_connect_info::<net::ConnInfo>();
+        let served = axum::serve(listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = served {

@@ -320,7 +320,11 @@ async fn shutdown_ends_streams() {
 async fn slow_client_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let app = common::start().await;
+    // Long enough that the lag, not the write deadline, is what cuts it off.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.write_timeout = Duration::from_secs(600);
+    let app = common::start_with(dir, config).await;
     // The slow client: a small receive window, and it reads nothing until the end.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("buffer size");
@@ -515,4 +519,219 @@ async fn lost_history_resyncs_every_client() {
     );
     running.shutdown().await;
     database.shutdown().await;
+}
+
+/// Polls `sample` of `/metrics` (up to 10 s) until it equals `wanted`; returns the last value.
+async fn wait_metric(app: &common::App, sample: &str, wanted: u64) -> u64 {
+    let mut value = common::metric(&app.base, sample).await;
+    for _ in 0..200 {
+        if value == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        value = common::metric(&app.base, sample).await;
+    }
+    value
+}
+
+const OPEN: &str = "realtime_sse_streams_open";
+
+/// A stream requested on a kept-alive connection that already served the page is taken over
+/// from hyper: chunked, `Connection: close`, and it carries the feed.
+#[tokio::test]
+async fn stream_on_a_connection_that_served_the_page() {
+    let app = common::start().await;
+    let mut http = common::RawHttp::connect(app.running.addr).await;
+    http.get("/", &[]).await;
+    let (head, body) = http.response().await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("Lovelace"),
+        "the page"
+    );
+    http.get("/api/sse", &["Accept: text/event-stream"]).await;
+    let head = http.head().await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    for header in [
+        "content-type: text/event-stream",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "cache-control: no-cache, no-transform",
+    ] {
+        assert!(head.contains(header), "{header} in {head}");
+    }
+    let retry = http.chunk().await.expect("retry chunk");
+    assert!(retry.starts_with(b"retry: "), "{retry:?}");
+    assert_eq!(wait_metric(&app, OPEN, 1).await, 1);
+    let ids = insert_users(&app, 1).await;
+    let event = loop {
+        let chunk = http.chunk().await.expect("an event");
+        if !chunk.starts_with(b":") {
+            break String::from_utf8_lossy(&chunk).to_string();
+        }
+    };
+    assert!(event.starts_with("id: "), "{event}");
+    assert!(event.contains(&ids[0]), "{event}");
+    drop(http);
+    assert_eq!(wait_metric(&app, OPEN, 0).await, 0, "the slot is freed");
+}
+
+/// A stream whose socket accepts none of its pending bytes for `SSE_WRITE_TIMEOUT_MS` is
+/// closed and its slot freed, while a reading client keeps receiving every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_stream_is_cut_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.write_timeout = Duration::from_millis(500);
+    let app = common::start_with(dir, config).await;
+    // A small receive window, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    let mut stalled = socket.connect(app.running.addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let mut reading = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reading).await;
+    assert_eq!(wait_metric(&app, OPEN, 2).await, 2);
+    let cut = "realtime_sse_streams_cut_off_total{reason=\"write_timeout\"}";
+    let mut batches = 0;
+    while common::metric(&app.base, cut).await == 0 {
+        batches += 1;
+        assert!(batches <= 200, "the stalled stream was never cut off");
+        let docs: Vec<Document> = (0..200)
+            .map(|i| doc! { "fname": format!("s{batches}"), "lname": format!("{i}"), "username": "stall" })
+            .collect();
+        app.users().insert_many(docs).await.expect("insert batch");
+        for _ in 0..200 {
+            let message = reading.next_message().await;
+            assert_eq!(message.event, None, "the reading client is never cut");
+        }
+    }
+    assert_eq!(wait_metric(&app, OPEN, 1).await, 1, "its slot is freed");
+    assert_eq!(
+        common::metric(
+            &app.base,
+            "realtime_sse_streams_cut_off_total{reason=\"lag\"}"
+        )
+        .await,
+        0
+    );
+    let live = insert_users(&app, 1).await;
+    assert_eq!(read_ids(&mut reading, 1).await, live);
+    drop(stalled);
+}
+
+/// A position that is not hex, or not 2–4,096 characters, gets `resync` without the database
+/// being asked; of repeated `lastEventId` query parameters the first counts (never a 400).
+#[tokio::test]
+async fn malformed_positions_resync_without_the_database() {
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    insert_users(&app, 1).await;
+    let last = reader.next_message().await.id.expect("id");
+    let missed = insert_users(&app, 2).await;
+    assert_eq!(read_ids(&mut reader, 2).await, missed);
+    let streams = "realtime_change_streams_opened_total";
+    let replays = "realtime_catch_ups_total{source=\"database\"}";
+    let (streams_before, replays_before) = (
+        common::metric(&app.base, streams).await,
+        common::metric(&app.base, replays).await,
+    );
+    let too_long = "ab".repeat(2049);
+    for bogus in ["not-hex!", "a", "12 34", too_long.as_str()] {
+        let mut reader = SseReader::open(&app.url("/api/sse"), &[("last-event-id", bogus)]).await;
+        let resync = reader.next_message().await;
+        assert_eq!(resync.event.as_deref(), Some("resync"), "{bogus}");
+    }
+    let mut first_counts = SseReader::open(
+        &app.url(&format!("/api/sse?lastEventId={last}&lastEventId=zz")),
+        &[],
+    )
+    .await;
+    assert_eq!(first_counts.response.status().as_u16(), 200);
+    assert_eq!(read_ids(&mut first_counts, 2).await, missed);
+    let mut first_is_bad = SseReader::open(
+        &app.url(&format!("/api/sse?lastEventId=zz&lastEventId={last}")),
+        &[],
+    )
+    .await;
+    assert_eq!(first_is_bad.response.status().as_u16(), 200);
+    assert_eq!(
+        first_is_bad.next_message().await.event.as_deref(),
+        Some("resync")
+    );
+    assert_eq!(common::metric(&app.base, streams).await, streams_before);
+    assert_eq!(common::metric(&app.base, replays).await, replays_before);
+}
+
+/// After a restart, 1,000 browsers reconnecting from one position share one replay from the
+/// database: each gets exactly what it missed, once, and at most 2 change streams are opened
+/// (the feed's and the replay), as both the app and the database count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_storm_shares_one_replay() {
+    const CLIENTS: usize = 1000;
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    insert_users(&app, 1).await;
+    let last = reader.next_message().await.id.expect("id");
+    drop(reader);
+    let missed = insert_users(&app, 5).await;
+    let dir = app.stop().await;
+    let config = common::config(&dir);
+    let app = common::start_with(dir, config).await;
+
+    let url = app.url("/api/sse");
+    let reconnects: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (url, last) = (url.clone(), last.clone());
+            tokio::spawn(async move {
+                let mut reader = SseReader::open(&url, &[("last-event-id", &last)]).await;
+                let ids = read_ids(&mut reader, 5).await;
+                (reader, ids)
+            })
+        })
+        .collect();
+    let mut readers = Vec::with_capacity(CLIENTS);
+    for reconnect in reconnects {
+        let (reader, ids) = reconnect.await.expect("client task");
+        assert_eq!(ids, missed, "exactly what it missed, in order");
+        readers.push(reader);
+    }
+    let live = insert_users(&app, 1).await;
+    for reader in &mut readers {
+        assert_eq!(read_ids(reader, 1).await, live, "then live, nothing twice");
+    }
+    assert_eq!(
+        common::metric(&app.base, "realtime_catch_ups_total{source=\"database\"}").await,
+        1,
+        "one replay from the database"
+    );
+    assert_eq!(
+        common::metric(&app.base, "realtime_catch_ups_total{source=\"memory\"}").await,
+        CLIENTS as u64 - 1,
+        "every other client served from memory"
+    );
+    let opened = common::metric(&app.base, "realtime_change_streams_opened_total").await;
+    assert!(opened <= 2, "{opened} change streams opened by the app");
+    let status = app
+        .client
+        .database("admin")
+        .run_command(doc! { "serverStatus": 1 })
+        .await
+        .expect("serverStatus");
+    let counted = status
+        .get_document("metrics")
+        .and_then(|m| m.get_document("aggStageCounters"))
+        .and_then(|c| c.get_i64("$changeStream"))
+        .expect("aggStageCounters.$changeStream");
+    assert!(
+        counted <= 2,
+        "{counted} change streams opened on the database"
+    );
 }

@@ -141,7 +141,7 @@ pub(super) fn server_status(db: &Db) -> Document {
             "open": { "total": i64::try_from(db.cursors.len()).unwrap_or(i64::MAX) },
             // Bytes of materialised results open cursors hold (embedded-db's own field).
             "materializedBytes": i64::try_from(db.cursors.held_bytes()).unwrap_or(i64::MAX),
-        } },
+        }, "aggStageCounters": db.stage_counters.to_document() },
         "storageEngine": { "name": "redb", "persistent": true },
         "repl": { "setName": db.info.replica_set.as_str(), "isWritablePrimary": true, "hosts": [db.info.host.as_str()] },
     }

@@ -66,7 +66,9 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
             .and_then(|d| d.get_document("$changeStream").ok())
             .cloned()
             .ok_or_else(|| CommandError::type_mismatch("$changeStream takes an object"))?;
-        return change_stream(db, req, options, stages[1..].to_vec(), batch_size).await;
+        let reply = change_stream(db, req, options, stages[1..].to_vec(), batch_size).await?;
+        db.stage_counters.count(&stages);
+        return Ok(reply);
     }
     let ns = req.namespace().map_err(|_| {
         CommandError::new(
@@ -76,6 +78,8 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
     })?;
     let ns_text = ns.to_string();
     let deadline = deadline_of(db, &req.body)?;
+    // Counted as parsed, as mongod counts them (a pipeline that fails later still counts).
+    db.stage_counters.count(&stages);
     let docs = db
         .store
         .read(move |read| {

@@ -131,10 +131,7 @@ fn retry_id(body: &Document) -> CommandResult<Option<RetryId>> {
         }
     };
     match body.get("lsid") {
-        Some(Bson::Document(lsid)) => Ok(Some(RetryId {
-            lsid: lsid.clone(),
-            txn,
-        })),
+        Some(Bson::Document(lsid)) => Ok(Some(RetryId::new(lsid.clone(), txn))),
         _ => Err(CommandError::new(
             ErrorCode::InvalidOptions,
             "Transaction number requires a session ID to also be specified",
@@ -185,15 +182,23 @@ pub(super) async fn insert(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Doc
             "Write batch sizes must be between 1 and 100000. Got 0 operations.",
         ));
     }
+    // What needs no collection is checked here, off the single writer thread.
+    let docs: Vec<(Document, CommandResult<()>)> = docs
+        .into_iter()
+        .map(|doc| {
+            let doc = with_id_first(doc);
+            let valid = validate_for_storage(&doc);
+            (doc, valid)
+        })
+        .collect();
     let retry = options.retry.clone();
     let reply = write_once(db, retry, move |ctx| {
         let meta = ctx.ensure_collection(&ns)?;
         let validator = options.validator(&meta)?;
         let mut errors = WriteErrors::default();
         let mut n = 0i64;
-        for (index, doc) in docs.into_iter().enumerate() {
-            let doc = with_id_first(doc);
-            let result = validate_for_storage(&doc)
+        for (index, (doc, valid)) in docs.into_iter().enumerate() {
+            let result = valid
                 .and_then(|()| check_valid(validator.as_ref(), &doc, None))
                 .and_then(|()| ctx.insert(&ns, &meta, doc));
             match errors.record(index, result) {

@@ -25,11 +25,15 @@ pub(crate) struct RetryId {
     pub(crate) lsid: Document,
     /// The `txnNumber`.
     pub(crate) txn: i64,
+    /// The session's key in [`SESSIONS`], encoded once.
+    key: Vec<u8>,
 }
 
 impl RetryId {
-    fn key(&self) -> Vec<u8> {
-        keys::encode(&Bson::Document(self.lsid.clone()))
+    /// The write `txn` of session `lsid`.
+    pub(crate) fn new(lsid: Document, txn: i64) -> Self {
+        let key = keys::encode(&Bson::Document(lsid.clone()));
+        Self { lsid, txn, key }
     }
 }
 
@@ -45,7 +49,7 @@ impl WriteCtx<'_> {
     /// `TransactionTooOld` (225) when the session has since moved on to a newer `txnNumber`.
     pub(crate) fn retried_reply(&self, id: &RetryId) -> CommandResult<Option<Document>> {
         let table = self.txn.open_table(SESSIONS).map_err(|e| self.fail(e))?;
-        let Some(bytes) = table.get(id.key().as_slice()).map_err(|e| self.fail(e))? else {
+        let Some(bytes) = table.get(id.key.as_slice()).map_err(|e| self.fail(e))? else {
             return Ok(None);
         };
         let record = Document::from_reader(bytes.value()).map_err(|e| self.fail(e))?;
@@ -75,7 +79,7 @@ impl WriteCtx<'_> {
         let bytes = bson::to_vec(&record).map_err(|e| self.fail(e))?;
         let mut table = self.txn.open_table(SESSIONS).map_err(|e| self.fail(e))?;
         table
-            .insert(id.key().as_slice(), bytes.as_slice())
+            .insert(id.key.as_slice(), bytes.as_slice())
             .map_err(|e| self.fail(e))?;
         Ok(())
     }

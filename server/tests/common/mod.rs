@@ -237,3 +237,112 @@ pub async fn wait_ready(base: &str, wanted: u16) -> u16 {
     }
     status
 }
+
+/// The value of one sample of `GET {base}/metrics`, e.g.
+/// `realtime_sse_streams_cut_off_total{reason="lag"}`; 0 when it is missing.
+pub async fn metric(base: &str, sample: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A raw HTTP/1.1 connection, for what `reqwest` hides: keep-alive reuse, socket buffers.
+pub struct RawHttp {
+    pub stream: tokio::net::TcpStream,
+    pub buffer: Vec<u8>,
+}
+
+impl RawHttp {
+    /// Connects to `addr`.
+    pub async fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Self {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Sends `GET path` with `headers` (lines without CRLF).
+    pub async fn get(&mut self, path: &str, headers: &[&str]) {
+        use tokio::io::AsyncWriteExt;
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("request");
+    }
+
+    async fn fill(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("bytes within 10 s")
+            .expect("read");
+        assert!(n > 0, "connection closed early");
+        self.buffer.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Reads a response head; returns it lower-cased.
+    pub async fn head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buffer.drain(..end + 4).collect();
+                return String::from_utf8_lossy(&head).to_ascii_lowercase();
+            }
+            self.fill().await;
+        }
+    }
+
+    /// Reads a whole response (Content-Length or chunked body); returns head and body.
+    pub async fn response(&mut self) -> (String, Vec<u8>) {
+        let head = self.head().await;
+        let mut body = Vec::new();
+        if let Some(length) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            while self.buffer.len() < length {
+                self.fill().await;
+            }
+            body.extend(self.buffer.drain(..length));
+        } else {
+            while let Some(chunk) = self.chunk().await {
+                body.extend(chunk);
+            }
+        }
+        (head, body)
+    }
+
+    /// Reads one chunk of a chunked body; `None` at its end.
+    pub async fn chunk(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(line_end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                let size_text = String::from_utf8_lossy(&self.buffer[..line_end]).to_string();
+                let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size");
+                let total = line_end + 2 + size + 2;
+                while self.buffer.len() < total {
+                    self.fill().await;
+                }
+                let chunk: Vec<u8> = self.buffer.drain(..total).collect();
+                if size == 0 {
+                    return None;
+                }
+                return Some(chunk[line_end + 2..line_end + 2 + size].to_vec());
+            }
+            self.fill().await;
+        }
+    }
+}
