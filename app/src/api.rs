@@ -1,25 +1,24 @@
-//! Server functions: the lists as the page fetches them (SSR and refetches).
+//! Server functions: the lists as the page fetches them (SSR and refetches), each answered
+//! from its snapshot's JSON, serialized once per snapshot.
 
 use leptos::prelude::*;
 
-use crate::model::{Device, Snapshot, User};
+use crate::model::{Device, Listed, User};
 
 /// Every user, with the stream position the list was read at.
 #[server(prefix = "/_server", endpoint = "users")]
 #[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
-pub async fn get_users() -> Result<Snapshot<User>, ServerFnError> {
+pub async fn get_users() -> Result<Listed<User>, ServerFnError> {
     use self::ssr::*;
-    let snapshot = repo()?.users().await.map_err(|e| internal(&e))?;
-    Ok((*snapshot).clone())
+    repo()?.users().await.map_err(|e| internal(&e))
 }
 
 /// Every lock device, with the stream position the list was read at.
 #[server(prefix = "/_server", endpoint = "lock_devices")]
 #[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
-pub async fn get_lock_devices() -> Result<Snapshot<Device>, ServerFnError> {
+pub async fn get_lock_devices() -> Result<Listed<Device>, ServerFnError> {
     use self::ssr::*;
-    let snapshot = repo()?.lock_devices().await.map_err(|e| internal(&e))?;
-    Ok((*snapshot).clone())
+    repo()?.lock_devices().await.map_err(|e| internal(&e))
 }
 
 /// Server-side helpers of the server functions.

@@ -1,8 +1,8 @@
 //! The live MongoDB view: Leptos components and server functions.
 //!
 //! The page is rendered on the server with the lists already in the HTML,
-//! hydrates in the browser, subscribes to `/api/sse` from the stream position
-//! the lists were read at, and refetches on every change event.
+//! hydrates in the browser, subscribes to `/api/sse` from a stream position
+//! that covers both lists' reads, and refetches the list each change names.
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, Meta, MetaTags, Stylesheet, Title};

@@ -1,8 +1,12 @@
-//! The live feed in the browser: one `EventSource` on `/api/sse` that bumps a
-//! version signal on every change (and on `resync`); resources keyed on that
-//! version refetch. It never looks at document data.
+//! The live feed in the browser: one `EventSource` on `/api/sse`. Each change
+//! names its collection, and only that list refetches (`resync`: both); a list's
+//! refetches are coalesced, at most one in flight and one queued, so a burst of
+//! changes costs two requests, not one per change. It never looks at document
+//! data.
 
 use leptos::prelude::*;
+
+use crate::model::{DEVICES, USERS};
 
 /// Connection state shown by the indicator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +30,93 @@ impl Status {
     }
 }
 
+/// Which lists an event makes stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// A change to `users`.
+    Users,
+    /// A change to `devices`.
+    Devices,
+    /// `resync`, or an event that names neither list: refetch both.
+    Both,
+}
+
+impl Stale {
+    /// What an event of type `event_type` (`message`, `resync`) with `data` makes stale: the
+    /// list its `"collection"` names.
+    pub fn of(event_type: &str, data: &str) -> Self {
+        if event_type != "message" {
+            return Self::Both;
+        }
+        let collection = data
+            .split_once(r#""collection":""#)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(name, _)| name);
+        match collection {
+            Some(USERS) => Self::Users,
+            Some(DEVICES) => Self::Devices,
+            _ => Self::Both,
+        }
+    }
+}
+
+/// When one list refetches: a key its resource follows, moved by the changes that name the
+/// list and coalesced, so that at most one refetch is in flight and one more is queued.
+#[derive(Debug, Clone, Copy)]
+pub struct Refetch {
+    key: RwSignal<u64>,
+    /// (a refetch is in flight, another is queued)
+    state: StoredValue<(bool, bool)>,
+}
+
+impl Refetch {
+    fn new() -> Self {
+        Self {
+            key: RwSignal::new(0),
+            state: StoredValue::new((false, false)),
+        }
+    }
+
+    /// The resource's source (tracked): it changes when the list must be fetched again.
+    pub fn key(&self) -> u64 {
+        self.key.get()
+    }
+
+    /// The list changed: fetch it now, or once the fetch in flight is done.
+    pub fn stale(&self) {
+        let start = self.state.try_update_value(|(in_flight, queued)| {
+            if *in_flight {
+                *queued = true;
+                false
+            } else {
+                *in_flight = true;
+                true
+            }
+        });
+        if start == Some(true) {
+            self.key.update(|k| *k += 1);
+        }
+    }
+
+    /// A fetch of the list finished (called by its fetcher): start the queued one, if any.
+    pub fn done(&self) {
+        let again = self.state.try_update_value(|(in_flight, queued)| {
+            let again = *queued;
+            *queued = false;
+            *in_flight = again;
+            again
+        });
+        if again == Some(true) {
+            self.key.update(|k| *k += 1);
+        }
+    }
+}
+
 /// The live feed's signals, shared through context.
 #[derive(Debug, Clone, Copy)]
 pub struct Live {
-    version: RwSignal<u64>,
+    users: Refetch,
+    devices: Refetch,
     status: RwSignal<Status>,
     started: StoredValue<bool>,
 }
@@ -38,7 +125,8 @@ impl Live {
     /// Creates the feed's signals and provides them as context.
     pub fn provide() -> Self {
         let live = Self {
-            version: RwSignal::new(0),
+            users: Refetch::new(),
+            devices: Refetch::new(),
             status: RwSignal::new(Status::Connecting),
             started: StoredValue::new(false),
         };
@@ -51,9 +139,25 @@ impl Live {
         expect_context::<Self>()
     }
 
-    /// Changes seen so far (tracked): key resources on it to refetch on every change.
-    pub fn version(&self) -> u64 {
-        self.version.get()
+    /// When the users list refetches.
+    pub fn users(&self) -> Refetch {
+        self.users
+    }
+
+    /// When the devices list refetches.
+    pub fn devices(&self) -> Refetch {
+        self.devices
+    }
+
+    /// An event arrived: the lists it names are stale.
+    #[cfg(feature = "hydrate")]
+    fn changed(&self, stale: Stale) {
+        if stale != Stale::Devices {
+            self.users.stale();
+        }
+        if stale != Stale::Users {
+            self.devices.stale();
+        }
     }
 
     /// The connection state (tracked).
@@ -61,8 +165,9 @@ impl Live {
         self.status.get()
     }
 
-    /// Subscribes to `/api/sse` from `position` (the stream position of the rendered lists);
-    /// only the first call does anything, and nothing happens outside the browser.
+    /// Subscribes to `/api/sse` from `position` (a stream position that covers every rendered
+    /// list, see [`covering`]); only the first call does anything, and nothing happens outside
+    /// the browser.
     pub fn start(&self, position: Option<&str>) {
         if self.started.get_value() {
             return;
@@ -73,6 +178,14 @@ impl Live {
         #[cfg(not(feature = "hydrate"))]
         let _ = position;
     }
+}
+
+/// The position to subscribe from when lists were read at `positions`: the oldest, so that a
+/// change committed after any of the reads reaches the page (one committed between two reads
+/// costs a refetch that finds nothing new). Lists read while the feed had no position are left
+/// out.
+pub fn covering<'a>(positions: impl IntoIterator<Item = Option<&'a str>>) -> Option<&'a str> {
+    positions.into_iter().flatten().min()
 }
 
 /// The `/api/sse` URL resuming after `position`.
@@ -104,7 +217,7 @@ mod browser {
     use gloo_net::eventsource::State;
     use leptos::prelude::*;
 
-    use super::{stream_url, Live, Status};
+    use super::{stream_url, Live, Stale, Status};
 
     /// How often the indicator re-reads the connection state.
     const STATUS_POLL: Duration = Duration::from_millis(250);
@@ -123,14 +236,15 @@ mod browser {
             leptos::logging::error!("cannot subscribe to the event stream");
             return;
         };
-        // Every change and every resync means "the lists may have changed": refetch.
+        // A change makes the list it names stale; a resync, both.
         let mut events = futures::stream::select(messages, resyncs);
         let (task, abort): (_, AbortHandle) = abortable(async move {
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(_) => {
+                    Ok((event_type, message)) => {
                         live.status.set(Status::Live);
-                        live.version.update(|v| *v += 1);
+                        let data = message.data().as_string().unwrap_or_default();
+                        live.changed(Stale::of(&event_type, &data));
                     }
                     Err(_) => live.status.set(Status::Reconnecting),
                 }
@@ -182,6 +296,45 @@ mod tests {
             "/api/sse?lastEventId=8263AB01"
         );
         assert_eq!(stream_url(Some("a b&c")), "/api/sse?lastEventId=a%20b%26c");
+    }
+
+    #[test]
+    fn events_name_the_stale_list() {
+        let change = |collection: &str| {
+            format!(r#"{{"operationType":"insert","collection":"{collection}","id":"ab"}}"#)
+        };
+        assert_eq!(Stale::of("message", &change("users")), Stale::Users);
+        assert_eq!(Stale::of("message", &change("devices")), Stale::Devices);
+        assert_eq!(Stale::of("message", &change("other")), Stale::Both);
+        assert_eq!(Stale::of("message", "not json"), Stale::Both);
+        assert_eq!(Stale::of("resync", "{}"), Stale::Both);
+    }
+
+    #[test]
+    fn the_oldest_position_covers_every_list() {
+        assert_eq!(covering([Some("0b"), Some("0a")]), Some("0a"));
+        assert_eq!(covering([None, Some("0a")]), Some("0a"));
+        assert_eq!(covering([None, None]), None);
+    }
+
+    #[test]
+    fn refetches_are_coalesced() {
+        let owner = Owner::new();
+        owner.with(|| {
+            let refetch = Refetch::new();
+            let key = || refetch.key.get_untracked();
+            refetch.stale();
+            assert_eq!(key(), 1, "the first change fetches at once");
+            refetch.stale();
+            refetch.stale();
+            assert_eq!(key(), 1, "later ones wait for it");
+            refetch.done();
+            assert_eq!(key(), 2, "one queued fetch follows");
+            refetch.done();
+            assert_eq!(key(), 2, "nothing more was asked for");
+            refetch.stale();
+            assert_eq!(key(), 3);
+        });
     }
 
     #[test]

@@ -20,12 +20,9 @@ use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Database;
 use tokio::sync::{watch, Mutex};
 
-use crate::model::{Device, Snapshot, User};
+use crate::model::{Device, Listed, Snapshot, User};
 
-/// Collection of users.
-pub const USERS: &str = "users";
-/// Collection of devices.
-pub const DEVICES: &str = "devices";
+pub use crate::model::{DEVICES, USERS};
 
 /// Where the live feed is: published by the change-stream hub.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,7 +53,7 @@ struct Inner {
 /// One list's snapshot; the mutex makes concurrent misses wait for the one read in flight.
 #[derive(Debug)]
 struct Cache<T> {
-    current: RwLock<Option<(Freshness, Arc<Snapshot<T>>)>>,
+    current: RwLock<Option<(Freshness, Listed<T>)>>,
     loading: Mutex<()>,
     /// Requests that read the database.
     reads: AtomicU64,
@@ -86,19 +83,19 @@ pub struct ReadCounts {
 
 impl<T> Cache<T> {
     /// The snapshot, when it is at least as new as `needed`.
-    fn get(&self, needed: Freshness) -> Option<Arc<Snapshot<T>>> {
+    fn get(&self, needed: Freshness) -> Option<Listed<T>> {
         let current = self
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match current.as_ref() {
-            Some((read_at, snapshot)) if read_at.covers(needed) => Some(Arc::clone(snapshot)),
+            Some((read_at, snapshot)) if read_at.covers(needed) => Some(snapshot.clone()),
             _ => None,
         }
     }
 
     /// [`Self::get`], counted as a hit when it finds one.
-    fn hit(&self, needed: Freshness) -> Option<Arc<Snapshot<T>>> {
+    fn hit(&self, needed: Freshness) -> Option<Listed<T>> {
         let snapshot = self.get(needed)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(snapshot)
@@ -112,7 +109,7 @@ impl<T> Cache<T> {
     }
 
     /// Keeps `snapshot` unless a newer one is already there.
-    fn put(&self, read_at: Freshness, snapshot: &Arc<Snapshot<T>>) {
+    fn put(&self, read_at: Freshness, snapshot: &Listed<T>) {
         let mut current = self
             .current
             .write()
@@ -121,7 +118,7 @@ impl<T> Cache<T> {
             .as_ref()
             .is_none_or(|(existing, _)| read_at.covers(*existing))
         {
-            *current = Some((read_at, Arc::clone(snapshot)));
+            *current = Some((read_at, snapshot.clone()));
         }
     }
 }
@@ -228,7 +225,7 @@ impl Repo {
     }
 
     /// Every user, in `_id` order, at least as new as the returned position.
-    pub async fn users(&self) -> Result<Arc<Snapshot<User>>, mongodb::error::Error> {
+    pub async fn users(&self) -> Result<Listed<User>, mongodb::error::Error> {
         let coll = self.inner.db.collection::<Document>(USERS);
         self.cached(&self.inner.users, || async move {
             let mut cursor = coll.find(doc! {}).sort(doc! { "_id": 1 }).await?;
@@ -248,7 +245,7 @@ impl Repo {
     }
 
     /// Every device of type `"lock"`, in `_id` order, at least as new as the returned position.
-    pub async fn lock_devices(&self) -> Result<Arc<Snapshot<Device>>, mongodb::error::Error> {
+    pub async fn lock_devices(&self) -> Result<Listed<Device>, mongodb::error::Error> {
         let coll = self.inner.db.collection::<Document>(DEVICES);
         self.cached(&self.inner.devices, || async move {
             let mut cursor = coll
@@ -289,8 +286,9 @@ impl Repo {
         &self,
         cache: &Cache<T>,
         load: F,
-    ) -> Result<Arc<Snapshot<T>>, mongodb::error::Error>
+    ) -> Result<Listed<T>, mongodb::error::Error>
     where
+        T: serde::Serialize,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<T>, mongodb::error::Error>>,
     {
@@ -310,7 +308,8 @@ impl Repo {
         let token = self.inner.position.borrow().token.clone();
         let items = load().await?;
         cache.reads.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Arc::new(Snapshot {
+        // Serialized here, once: every refetch of this snapshot sends these bytes.
+        let snapshot = Listed::new(Snapshot {
             items,
             position: token,
         });
@@ -364,7 +363,7 @@ mod tests {
     fn cache_keeps_the_newest_snapshot() {
         let cache: Cache<u8> = Cache::default();
         let snapshot = |n| {
-            Arc::new(Snapshot {
+            Listed::new(Snapshot {
                 items: vec![n],
                 position: None,
             })

@@ -22,7 +22,9 @@
 //! Run: `cargo bench -p embedded-db --bench throughput`.
 //! Env: `BENCH_SECONDS` (default 3) sets the length of each timed phase, so
 //! `BENCH_SECONDS=1` is a quick run; `BENCH_DIR` sets where the data directory is
-//! created (default: the system temp dir) — fsync cost depends on that file system.
+//! created (default: the system temp dir) — fsync cost depends on that file system;
+//! `BENCH_NO_RETRY=1` turns the driver's retryable writes off, which shows what recording each
+//! write's reply for a retry (one more B-tree page per commit) costs.
 //! Server, driver and benchmark share one process and its cores, so every figure includes the
 //! client's own costs, and the RSS figures cover all three.
 
@@ -291,6 +293,9 @@ async fn connect(server: &embedded_db::Server, pool: usize) -> Client {
         .await
         .expect("parse server.uri()");
     options.max_pool_size = Some(pool as u32);
+    if std::env::var_os("BENCH_NO_RETRY").is_some() {
+        options.retry_writes = Some(false);
+    }
     let client = Client::with_options(options).expect("client options");
     client
         .database("admin")

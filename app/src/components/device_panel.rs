@@ -3,11 +3,11 @@
 use leptos::prelude::*;
 
 use crate::components::list_card::ListCard;
-use crate::model::{Device, Snapshot};
+use crate::model::{Device, Listed};
 
 /// Lists every lock device with its state.
 #[component]
-pub fn DevicePanel(devices: Resource<Result<Snapshot<Device>, ServerFnError>>) -> impl IntoView {
+pub fn DevicePanel(devices: Resource<Result<Listed<Device>, ServerFnError>>) -> impl IntoView {
     view! { <ListCard title="Lock devices" list_id="device-list" items=devices row=device_row /> }
 }
 

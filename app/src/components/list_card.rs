@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error_template::ErrorTemplate;
-use crate::model::Snapshot;
+use crate::model::Listed;
 
 /// A titled card showing one list: a loading line until the first result, the shared error view
 /// if it fails, else `<ul data-testid={list_id}>` with one `row` per item.
@@ -16,7 +16,7 @@ pub fn ListCard<T, R, V>(
     /// `data-testid` of the `<ul>`.
     list_id: &'static str,
     /// The list, refetched on every change.
-    items: Resource<Result<Snapshot<T>, ServerFnError>>,
+    items: Resource<Result<Listed<T>, ServerFnError>>,
     /// Renders one item as an `<li>`.
     row: R,
 ) -> impl IntoView
@@ -36,7 +36,7 @@ where
                             .map(|snapshot| {
                                 view! {
                                     <ul data-testid=list_id class="divide-y divide-slate-200">
-                                        {snapshot.items.into_iter().map(row).collect_view()}
+                                        {snapshot.items.iter().cloned().map(row).collect_view()}
                                     </ul>
                                 }
                             })

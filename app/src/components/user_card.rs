@@ -3,11 +3,11 @@
 use leptos::prelude::*;
 
 use crate::components::list_card::ListCard;
-use crate::model::{Snapshot, User};
+use crate::model::{Listed, User};
 
 /// Lists every user as `fname lname - username`.
 #[component]
-pub fn UserCard(users: Resource<Result<Snapshot<User>, ServerFnError>>) -> impl IntoView {
+pub fn UserCard(users: Resource<Result<Listed<User>, ServerFnError>>) -> impl IntoView {
     view! { <ListCard title="Users" list_id="user-list" items=users row=user_row /> }
 }
 
