@@ -149,8 +149,11 @@ impl Client {
         let written = async {
             writer.write(head).await?;
             writer.write(retry.chunk()).await?;
+            // Boxed: subscribing may replay from the database, a large future that the task
+            // would otherwise carry for its whole life.
+            let subscribe = Box::pin(Feed::subscribe(hub, last_event_id.as_deref()));
             let mut feed = tokio::select! {
-                feed = Feed::subscribe(hub, last_event_id.as_deref()) => feed,
+                feed = subscribe => feed,
                 () = writer.peer_gone() => return Err(Cut::Gone),
             };
             while let Some(frame) = tokio::select! {
@@ -380,6 +383,35 @@ mod tests {
         assert!(accepts_event_stream(&accept("text/*")));
         assert!(!accepts_event_stream(&accept("application/json")));
         assert!(!accepts_event_stream(&accept("text/event-stream;q=0")));
+    }
+
+    /// Every open stream holds its writer task for its whole life: the task must stay small
+    /// (subscribing, which may replay from the database, is boxed).
+    #[tokio::test]
+    async fn a_stream_task_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let socket = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let db = mongodb::Client::with_uri_str("mongodb://127.0.0.1:9/")
+            .await
+            .expect("a client connects lazily")
+            .database("realtime");
+        let shutdown = CancellationToken::new();
+        let hub = Hub::start(db, Arc::default(), Duration::from_secs(5), shutdown.clone());
+        let client = Client {
+            hub,
+            last_event_id: None,
+            retry: Frame::new("retry: 1000\n\n"),
+            guard: ClientGuard::admit(&Arc::new(AtomicUsize::new(0)), 1).expect("room"),
+            shutdown: shutdown.clone(),
+        };
+        let task = client.write_to(socket, Bytes::new(), Duration::from_secs(1));
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "the stream's future is {size} bytes");
+        shutdown.cancel();
     }
 
     #[test]
