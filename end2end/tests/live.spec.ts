@@ -173,4 +173,54 @@ test.describe("live updates", () => {
     expect(pageErrors).toEqual([]);
     expect(failed).toEqual([]);
   });
+
+  test("a change refetches only the list it names, and a burst costs a few requests", async ({
+    page,
+    db,
+    pageErrors,
+  }) => {
+    const fetched: string[] = [];
+    page.on("request", (request) => {
+      const path = new URL(request.url()).pathname;
+      if (path.startsWith("/_server/")) {
+        fetched.push(path);
+      }
+    });
+    await openLive(page);
+    const count = (path: string) => fetched.filter((p) => p === path).length;
+
+    const users = db.collection<UserDoc>("users");
+    const user = newUser("named");
+    await users.insertOne(user);
+    await expect(userItem(page, user._id.toHexString())).toHaveText(userLine(user), {
+      timeout: LIVE_MS,
+    });
+    expect(count("/_server/users")).toBeGreaterThan(0);
+    expect(count("/_server/lock_devices")).toBe(0);
+
+    const devices = db.collection<DeviceDoc>("devices");
+    const lock = await devices.findOne({ type: "lock" });
+    expect(lock).not.toBeNull();
+    const usersBefore = count("/_server/users");
+    await devices.updateOne({ _id: lock!._id }, { $set: { locked: !lock!.locked } });
+    await expect(deviceItem(page, lock!._id.toHexString())).toHaveAttribute(
+      "data-locked",
+      String(!lock!.locked),
+      { timeout: LIVE_MS },
+    );
+    expect(count("/_server/lock_devices")).toBeGreaterThan(0);
+    expect(count("/_server/users")).toBe(usersBefore);
+    await devices.updateOne({ _id: lock!._id }, { $set: { locked: lock!.locked } });
+
+    // 30 changes committed at once: one refetch in flight and one queued, not 30.
+    const burst = Array.from({ length: 30 }, (_, i) => newUser(`burst${i}`));
+    const beforeBurst = count("/_server/users");
+    await users.insertMany(burst);
+    const last = burst[burst.length - 1];
+    await expect(userItem(page, last._id.toHexString())).toHaveText(userLine(last), {
+      timeout: LIVE_MS,
+    });
+    expect(count("/_server/users") - beforeBurst).toBeLessThanOrEqual(5);
+    expect(pageErrors).toEqual([]);
+  });
 });
