@@ -64,7 +64,8 @@ lint: wasm-target
 db:
 	cargo run --release --locked -p embedded-db
 
-## Print the live feed's load figures: 1,000 event streams, 100 changes (release build).
+## Print the live feed's load figures (release build): RSS per idle stream at 15,000 streams,
+## memory given back, 10 connect/leave cycles of 8,000, then 1,000 clients refetching per event.
 bench-app:
 	cargo bench --locked -p server --bench load
 

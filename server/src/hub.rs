@@ -309,7 +309,7 @@ impl Hub {
             Ok(Vec::new())
         } else if !is_plausible_position(last) {
             Err("malformed position".to_owned())
-        } else if let Some(backlog) = self.from_memory(last, current.as_deref()) {
+        } else if let Some(backlog) = self.replay_from_memory(last, current.as_deref()) {
             Ok(backlog)
         } else {
             self.replay(last, current.as_deref()).await
@@ -344,7 +344,7 @@ impl Hub {
     }
 
     /// The ring's events after `last`, counted as a catch-up from memory.
-    fn from_memory(&self, last: &str, current: Option<&str>) -> Option<Vec<Arc<LiveEvent>>> {
+    fn replay_from_memory(&self, last: &str, current: Option<&str>) -> Option<Vec<Arc<LiveEvent>>> {
         let backlog = self.recent().after(last, current)?;
         bump(&self.inner.metrics.catch_ups_memory);
         Some(backlog)
@@ -371,7 +371,7 @@ impl Hub {
         let _turn = self.inner.replaying.lock().await;
         // The feed may have moved on while this waited.
         let current = self.inner.position.borrow().token.clone();
-        if let Some(backlog) = self.from_memory(last, current.as_deref()) {
+        if let Some(backlog) = self.replay_from_memory(last, current.as_deref()) {
             return Ok(backlog);
         }
         let floor = {

@@ -735,3 +735,46 @@ async fn restart_storm_shares_one_replay() {
         "{counted} change streams opened on the database"
     );
 }
+
+/// An HTTP/1.0 client (no chunked encoding, so the connection is not taken over) gets the same
+/// stream as a body hyper writes: `retry:`, then events, ended by closing the connection.
+#[tokio::test]
+async fn http_1_0_gets_the_stream_from_hyper() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = common::start().await;
+    let mut socket = tokio::net::TcpStream::connect(app.running.addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /api/sse HTTP/1.0\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let mut received = String::new();
+    read_until(&mut socket, &mut received, "retry: ").await;
+    let ids = insert_users(&app, 1).await;
+    read_until(&mut socket, &mut received, &ids[0]).await;
+    let head = received
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}
+
+/// Reads from `socket` into `received` until it contains `needle` (10 s at most).
+async fn read_until(socket: &mut tokio::net::TcpStream, received: &mut String, needle: &str) {
+    use tokio::io::AsyncReadExt;
+
+    let mut chunk = [0u8; 4096];
+    while !received.contains(needle) {
+        let n = tokio::time::timeout(10 * SECOND, socket.read(&mut chunk))
+            .await
+            .expect("bytes within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed before {needle:?}: {received}");
+        received.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+}
