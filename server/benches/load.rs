@@ -296,13 +296,17 @@ fn read_line(reader: &mut impl BufRead) -> String {
     line
 }
 
-/// `realtime_sse_streams_open` from `/metrics`.
-async fn open_streams(http: &reqwest::Client, site: SocketAddr) -> u64 {
-    let text = match http.get(format!("http://{site}/metrics")).send().await {
+/// `GET /metrics` (empty when it fails).
+async fn metrics_text(http: &reqwest::Client, site: SocketAddr) -> String {
+    match http.get(format!("http://{site}/metrics")).send().await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => String::new(),
-    };
-    metric(&text, "realtime_sse_streams_open")
+    }
+}
+
+/// `realtime_sse_streams_open` from `/metrics`.
+async fn open_streams(http: &reqwest::Client, site: SocketAddr) -> u64 {
+    metric(&metrics_text(http, site).await, "realtime_sse_streams_open")
 }
 
 /// One sample's value in a Prometheus text exposition (0 when absent).
@@ -392,14 +396,7 @@ async fn events_and_refetches(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let before = server_status(db).await;
-    let app_before = http
-        .get(format!("http://{site}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
+    let app_before = metrics_text(http, site).await;
     let realtime = db.database("realtime");
     let users = realtime.collection::<Document>("users");
     let devices = realtime.collection::<Document>("devices");
@@ -428,14 +425,7 @@ async fn events_and_refetches(
     let drained = drain(&shared, expected).await;
     println!("all events and refetches settled {drained:.2} s after the last insert");
     let after = server_status(db).await;
-    let app_after = http
-        .get(format!("http://{site}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
+    let app_after = metrics_text(http, site).await;
     let delta = |path: &[&str]| number(&after, path) - number(&before, path);
     let (finds, getmores, commands) = (
         delta(&["opcounters", "query"]),

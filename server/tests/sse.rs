@@ -318,20 +318,12 @@ async fn shutdown_ends_streams() {
 /// reading client keeps getting every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     // Long enough that the lag, not the write deadline, is what cuts it off.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = common::config(&dir);
-    config.write_timeout = Duration::from_secs(600);
-    let app = common::start_with(dir, config).await;
-    // The slow client: a small receive window, and it reads nothing until the end.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("buffer size");
-    let mut slow = socket.connect(app.running.addr).await.expect("connect");
-    slow.write_all(b"GET /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
+    let app = start_with_write_timeout(Duration::from_secs(600)).await;
+    // The slow client: it reads nothing until the end.
+    let mut slow = silent_stream(&app).await;
     let mut fast = SseReader::open(&app.url("/api/sse"), &[]).await;
     common::settle(&mut fast).await;
     // Lockstep: the next batch is written only once the fast client has read the last one, so
@@ -580,20 +572,8 @@ async fn stream_on_a_connection_that_served_the_page() {
 /// closed and its slot freed, while a reading client keeps receiving every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_stream_is_cut_after_the_write_timeout() {
-    use tokio::io::AsyncWriteExt;
-
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = common::config(&dir);
-    config.write_timeout = Duration::from_millis(500);
-    let app = common::start_with(dir, config).await;
-    // A small receive window, and it never reads.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("buffer size");
-    let mut stalled = socket.connect(app.running.addr).await.expect("connect");
-    stalled
-        .write_all(b"GET /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .expect("request");
+    let app = start_with_write_timeout(Duration::from_millis(500)).await;
+    let stalled = silent_stream(&app).await;
     let mut reading = SseReader::open(&app.url("/api/sse"), &[]).await;
     common::settle(&mut reading).await;
     assert_eq!(wait_metric(&app, OPEN, 2).await, 2);
@@ -777,4 +757,27 @@ async fn read_until(socket: &mut tokio::net::TcpStream, received: &mut String, n
         assert!(n > 0, "closed before {needle:?}: {received}");
         received.push_str(&String::from_utf8_lossy(&chunk[..n]));
     }
+}
+
+/// A server whose `SSE_WRITE_TIMEOUT_MS` is `timeout`.
+async fn start_with_write_timeout(timeout: Duration) -> common::App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.write_timeout = timeout;
+    common::start_with(dir, config).await
+}
+
+/// An event stream requested over a socket with a 4 KiB receive buffer, which reads nothing
+/// until the test reads it.
+async fn silent_stream(app: &common::App) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    let mut stream = socket.connect(app.running.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    stream
 }
