@@ -160,6 +160,17 @@ async fn insert_users(app: &common::App, n: usize) -> Vec<String> {
     ids
 }
 
+/// A stream position (the id of one change a client saw), then `n` users inserted after it
+/// while no client was connected: returns the position and their ids.
+async fn position_then_missed(app: &common::App, n: usize) -> (String, Vec<String>) {
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    insert_users(app, 1).await;
+    let last = reader.next_message().await.id.expect("id");
+    drop(reader);
+    (last, insert_users(app, n).await)
+}
+
 /// Reads `n` messages and returns their document ids.
 async fn read_ids(reader: &mut SseReader, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -179,12 +190,7 @@ async fn read_ids(reader: &mut SseReader, n: usize) -> Vec<String> {
 #[tokio::test]
 async fn resume_delivers_missed_changes_once() {
     let app = common::start().await;
-    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
-    common::settle(&mut reader).await;
-    insert_users(&app, 1).await;
-    let last = reader.next_message().await.id.expect("id");
-    drop(reader);
-    let missed = insert_users(&app, 3).await;
+    let (last, missed) = position_then_missed(&app, 3).await;
 
     let mut by_header = SseReader::open(&app.url("/api/sse"), &[("last-event-id", &last)]).await;
     assert_eq!(read_ids(&mut by_header, 3).await, missed);
@@ -223,12 +229,7 @@ async fn resume_delivers_missed_changes_once() {
 #[tokio::test]
 async fn resume_across_restart_uses_the_database() {
     let app = common::start().await;
-    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
-    common::settle(&mut reader).await;
-    insert_users(&app, 1).await;
-    let last = reader.next_message().await.id.expect("id");
-    let missed = insert_users(&app, 2).await;
-    drop(reader);
+    let (last, missed) = position_then_missed(&app, 2).await;
     let dir = app.stop().await;
     let config = common::config(&dir);
     let app = common::start_with(dir, config).await;
@@ -610,12 +611,7 @@ async fn stalled_stream_is_cut_after_the_write_timeout() {
 #[tokio::test]
 async fn malformed_positions_resync_without_the_database() {
     let app = common::start().await;
-    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
-    common::settle(&mut reader).await;
-    insert_users(&app, 1).await;
-    let last = reader.next_message().await.id.expect("id");
-    let missed = insert_users(&app, 2).await;
-    assert_eq!(read_ids(&mut reader, 2).await, missed);
+    let (last, missed) = position_then_missed(&app, 2).await;
     let streams = "realtime_change_streams_opened_total";
     let replays = "realtime_catch_ups_total{source=\"database\"}";
     let (streams_before, replays_before) = (
@@ -656,12 +652,7 @@ async fn malformed_positions_resync_without_the_database() {
 async fn restart_storm_shares_one_replay() {
     const CLIENTS: usize = 1000;
     let app = common::start().await;
-    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
-    common::settle(&mut reader).await;
-    insert_users(&app, 1).await;
-    let last = reader.next_message().await.id.expect("id");
-    drop(reader);
-    let missed = insert_users(&app, 5).await;
+    let (last, missed) = position_then_missed(&app, 5).await;
     let dir = app.stop().await;
     let config = common::config(&dir);
     let app = common::start_with(dir, config).await;
