@@ -5,20 +5,28 @@ use leptos::prelude::*;
 
 use crate::model::{Device, Listed, User};
 
-/// Every user, with the stream position the list was read at.
+/// Every user, with the stream position the list was read at. `after`: the event id the
+/// caller refetches for, if any (a snapshot at or after it is served without a database call).
 #[server(prefix = "/_server", endpoint = "users")]
 #[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
-pub async fn get_users() -> Result<Listed<User>, ServerFnError> {
+pub async fn get_users(after: Option<String>) -> Result<Listed<User>, ServerFnError> {
     use self::ssr::*;
-    repo()?.users().await.map_err(|e| internal(&e))
+    repo()?
+        .users(after.as_deref())
+        .await
+        .map_err(|e| internal(&e))
 }
 
-/// Every lock device, with the stream position the list was read at.
+/// Every lock device, with the stream position the list was read at; `after` as for
+/// [`get_users`].
 #[server(prefix = "/_server", endpoint = "lock_devices")]
 #[cfg_attr(feature = "ssr", tracing::instrument(skip_all))]
-pub async fn get_lock_devices() -> Result<Listed<Device>, ServerFnError> {
+pub async fn get_lock_devices(after: Option<String>) -> Result<Listed<Device>, ServerFnError> {
     use self::ssr::*;
-    repo()?.lock_devices().await.map_err(|e| internal(&e))
+    repo()?
+        .lock_devices(after.as_deref())
+        .await
+        .map_err(|e| internal(&e))
 }
 
 /// Server-side helpers of the server functions.

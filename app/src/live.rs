@@ -67,6 +67,8 @@ pub struct Refetch {
     key: RwSignal<u64>,
     /// (a refetch is in flight, another is queued)
     state: StoredValue<(bool, bool)>,
+    /// The newest event id that named the list.
+    after: StoredValue<Option<String>>,
 }
 
 impl Refetch {
@@ -74,6 +76,7 @@ impl Refetch {
         Self {
             key: RwSignal::new(0),
             state: StoredValue::new((false, false)),
+            after: StoredValue::new(None),
         }
     }
 
@@ -82,8 +85,17 @@ impl Refetch {
         self.key.get()
     }
 
-    /// The list changed: fetch it now, or once the fetch in flight is done.
-    pub fn stale(&self) {
+    /// The newest event id that made the list stale, for the refetch to name (the server then
+    /// serves a snapshot at or after it without asking the database); `None` before any.
+    pub fn after(&self) -> Option<String> {
+        self.after.try_get_value().flatten()
+    }
+
+    /// The list changed at event `id`: fetch it now, or once the fetch in flight is done.
+    pub fn stale(&self, id: Option<String>) {
+        if id.is_some() {
+            self.after.set_value(id);
+        }
         let start = self.state.try_update_value(|(in_flight, queued)| {
             if *in_flight {
                 *queued = true;
@@ -149,14 +161,14 @@ impl Live {
         self.devices
     }
 
-    /// An event arrived: the lists it names are stale.
+    /// Event `id` arrived: the lists it names are stale.
     #[cfg(feature = "hydrate")]
-    fn changed(&self, stale: Stale) {
+    fn changed(&self, stale: Stale, id: Option<String>) {
         if stale != Stale::Devices {
-            self.users.stale();
+            self.users.stale(id.clone());
         }
         if stale != Stale::Users {
-            self.devices.stale();
+            self.devices.stale(id);
         }
     }
 
@@ -244,7 +256,8 @@ mod browser {
                     Ok((event_type, message)) => {
                         live.status.set(Status::Live);
                         let data = message.data().as_string().unwrap_or_default();
-                        live.changed(Stale::of(&event_type, &data));
+                        let id = Some(message.last_event_id()).filter(|id| !id.is_empty());
+                        live.changed(Stale::of(&event_type, &data), id);
                     }
                     Err(_) => live.status.set(Status::Reconnecting),
                 }
@@ -323,17 +336,24 @@ mod tests {
         owner.with(|| {
             let refetch = Refetch::new();
             let key = || refetch.key.get_untracked();
-            refetch.stale();
+            assert_eq!(refetch.after(), None);
+            refetch.stale(Some("01".into()));
             assert_eq!(key(), 1, "the first change fetches at once");
-            refetch.stale();
-            refetch.stale();
+            refetch.stale(Some("02".into()));
+            refetch.stale(Some("03".into()));
             assert_eq!(key(), 1, "later ones wait for it");
+            assert_eq!(
+                refetch.after().as_deref(),
+                Some("03"),
+                "the queued fetch names the newest"
+            );
             refetch.done();
             assert_eq!(key(), 2, "one queued fetch follows");
             refetch.done();
             assert_eq!(key(), 2, "nothing more was asked for");
-            refetch.stale();
+            refetch.stale(None);
             assert_eq!(key(), 3);
+            assert_eq!(refetch.after().as_deref(), Some("03"));
         });
     }
 

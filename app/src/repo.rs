@@ -101,6 +101,21 @@ impl<T> Cache<T> {
         Some(snapshot)
     }
 
+    /// The snapshot, when it was read at or after stream position `after` (counted as a hit).
+    fn hit_at(&self, after: &str) -> Option<Listed<T>> {
+        let snapshot = {
+            let current = self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (_, snapshot) = current.as_ref()?;
+            let has_it = snapshot.position.as_deref().is_some_and(|at| at >= after);
+            has_it.then(|| snapshot.clone())?
+        };
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(snapshot)
+    }
+
     fn counts(&self) -> ReadCounts {
         ReadCounts {
             reads: self.reads.load(Ordering::Relaxed),
@@ -224,10 +239,11 @@ impl Repo {
         &self.inner.db
     }
 
-    /// Every user, in `_id` order, at least as new as the returned position.
-    pub async fn users(&self) -> Result<Listed<User>, mongodb::error::Error> {
+    /// Every user, in `_id` order, at least as new as the returned position; see
+    /// [`Self::cached`] for `after`.
+    pub async fn users(&self, after: Option<&str>) -> Result<Listed<User>, mongodb::error::Error> {
         let coll = self.inner.db.collection::<Document>(USERS);
-        self.cached(&self.inner.users, || async move {
+        self.cached(&self.inner.users, after, || async move {
             let mut cursor = coll.find(doc! {}).sort(doc! { "_id": 1 }).await?;
             let mut users = Vec::new();
             while cursor.advance().await? {
@@ -244,10 +260,14 @@ impl Repo {
         .await
     }
 
-    /// Every device of type `"lock"`, in `_id` order, at least as new as the returned position.
-    pub async fn lock_devices(&self) -> Result<Listed<Device>, mongodb::error::Error> {
+    /// Every device of type `"lock"`, in `_id` order, at least as new as the returned position;
+    /// see [`Self::cached`] for `after`.
+    pub async fn lock_devices(
+        &self,
+        after: Option<&str>,
+    ) -> Result<Listed<Device>, mongodb::error::Error> {
         let coll = self.inner.db.collection::<Document>(DEVICES);
-        self.cached(&self.inner.devices, || async move {
+        self.cached(&self.inner.devices, after, || async move {
             let mut cursor = coll
                 .find(doc! { "type": "lock" })
                 .sort(doc! { "_id": 1 })
@@ -282,9 +302,17 @@ impl Repo {
         self.inner.devices.counts()
     }
 
+    /// The list's snapshot, read again only when the cached one may be stale.
+    ///
+    /// `after`: the event the caller refetches for (a browser that heard of a change). A cached
+    /// snapshot read at or after that position has it, and is served without asking the
+    /// database anything. Otherwise (and for page loads, which pass `None`) the snapshot must
+    /// be newer than the deployment's newest operation when the request arrived, which a shared
+    /// `ping` tells.
     async fn cached<T, F, Fut>(
         &self,
         cache: &Cache<T>,
+        after: Option<&str>,
         load: F,
     ) -> Result<Listed<T>, mongodb::error::Error>
     where
@@ -292,6 +320,9 @@ impl Repo {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<T>, mongodb::error::Error>>,
     {
+        if let Some(snapshot) = after.and_then(|after| cache.hit_at(after)) {
+            return Ok(snapshot);
+        }
         let needed = Freshness {
             operation_time: self.inner.clock.now(&self.inner.db).await?,
             changes: self.inner.position.borrow().changes,
@@ -375,6 +406,23 @@ mod tests {
             Some(vec![1])
         );
         assert!(cache.get(at(10, 6, 0)).is_none(), "a newer request misses");
+    }
+
+    #[test]
+    fn a_snapshot_at_or_after_the_event_is_served_without_asking() {
+        let cache: Cache<u8> = Cache::default();
+        assert!(cache.hit_at("0a").is_none(), "nothing cached yet");
+        cache.put(
+            at(10, 5, 0),
+            &Listed::new(Snapshot {
+                items: vec![1],
+                position: Some("0b".into()),
+            }),
+        );
+        assert!(cache.hit_at("0a").is_some(), "read after the event");
+        assert!(cache.hit_at("0b").is_some(), "read at the event");
+        assert!(cache.hit_at("0c").is_none(), "read before the event");
+        assert_eq!(cache.counts().hits, 2);
     }
 
     #[test]

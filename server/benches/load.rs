@@ -19,8 +19,9 @@
 //!    raw TCP, and `LOAD_CHANGES` (100) inserts ~20 ms apart through the official driver, every
 //!    tenth one a device, the rest users, noting the instant just before each `insert_one`. Each
 //!    client refetches, like the page, only the list an event names, through the server
-//!    function the page calls (`POST /_server/users` or `/_server/lock_devices`) on a
-//!    kept-alive pool, at most one refetch of a list in flight and one queued. Printed: commit →
+//!    function the page calls (`POST /_server/users` or `/_server/lock_devices`, naming the
+//!    event it refetches for) on a kept-alive pool, at most one refetch of a list in flight and
+//!    one queued. Printed: commit →
 //!    client latency p50/p99/max, missing and duplicate deliveries, refetches served and their
 //!    latency, and every database command the phase caused (`find`, `getMore`, other commands
 //!    such as `ping`, from `serverStatus.opcounters`), with the app's snapshot reads and hits.
@@ -387,7 +388,7 @@ async fn events_and_refetches(
         let warm: Vec<_> = (0..connected)
             .map(|_| {
                 let shared = Arc::clone(&shared);
-                tokio::spawn(async move { fetch_list(&shared, List::Users).await })
+                tokio::spawn(async move { fetch_list(&shared, List::Users, None).await })
             })
             .collect();
         for task in warm {
@@ -517,12 +518,20 @@ async fn events_and_refetches(
 struct ListRefetch {
     /// (a fetch is in flight, another is queued)
     state: std::sync::Mutex<(bool, bool)>,
+    /// The newest event id that named the list, sent with the refetch as the page does.
+    after: std::sync::Mutex<Option<String>>,
     wake: tokio::sync::Notify,
 }
 
 impl ListRefetch {
-    /// The list changed: fetch now, or once more after the fetch in flight.
-    fn stale(&self, shared: &Shared) {
+    /// The list changed at event `id`: fetch now, or once more after the fetch in flight.
+    fn stale(&self, shared: &Shared, id: Option<&str>) {
+        if let Some(id) = id {
+            *self
+                .after
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id.to_owned());
+        }
         let mut state = self
             .state
             .lock()
@@ -551,7 +560,12 @@ impl ListRefetch {
             }
             loop {
                 let started = Instant::now();
-                let ok = fetch_list(shared, list).await;
+                let after = self
+                    .after
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                let ok = fetch_list(shared, list, after.as_deref()).await;
                 let counter = if ok {
                     &shared.refetches_ok
                 } else {
@@ -585,9 +599,9 @@ async fn run_client(shared: Arc<Shared>, stop: CancellationToken) -> (Seen, Vec<
         let (shared, lists, stop) = (Arc::clone(&shared), Arc::clone(&lists), stop.clone());
         tokio::spawn(async move { lists[list as usize].run(&shared, list, &stop).await })
     });
-    let stale = |list: List| {
+    let stale = |list: List, id: Option<&str>| {
         if shared.refetch {
-            lists[list as usize].stale(&shared);
+            lists[list as usize].stale(&shared, id);
         }
     };
     let mut seen = Seen::new();
@@ -607,9 +621,9 @@ async fn run_client(shared: Arc<Shared>, stop: CancellationToken) -> (Seen, Vec<
     (seen, times)
 }
 
-/// `POST /_server/<list>` as the page's server-function call sends it; whether it answered a
-/// snapshot.
-async fn fetch_list(shared: &Shared, list: List) -> bool {
+/// `POST /_server/<list>` as the page's server-function call sends it (naming the event it
+/// refetches for, if any); whether it answered a snapshot.
+async fn fetch_list(shared: &Shared, list: List, after: Option<&str>) -> bool {
     let endpoint = match list {
         List::Users => "users",
         List::Devices => "lock_devices",
@@ -619,7 +633,7 @@ async fn fetch_list(shared: &Shared, list: List) -> bool {
         .post(format!("http://{}/_server/{endpoint}", shared.site))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("accept", "application/json")
-        .body("")
+        .body(after.map(|id| format!("after={id}")).unwrap_or_default())
         .send()
         .await;
     match response {
@@ -635,7 +649,7 @@ async fn fetch_list(shared: &Shared, list: List) -> bool {
 async fn read_events(
     shared: &Shared,
     seen: &mut Seen,
-    stale: &impl Fn(List),
+    stale: &impl Fn(List, Option<&str>),
 ) -> std::io::Result<()> {
     let mut socket = TcpStream::connect(shared.site).await?;
     let request = format!(
@@ -646,6 +660,7 @@ async fn read_events(
     let mut reader = BufReader::new(socket);
     read_head(&mut reader).await?;
     let (mut pending, mut data, mut body) = (Vec::new(), String::new(), Vec::new());
+    let mut id = String::new();
     while next_chunk(&mut reader, &mut body).await? {
         let arrived = Instant::now();
         pending.extend_from_slice(&body);
@@ -656,15 +671,18 @@ async fn read_events(
             let text = text.trim_end_matches(['\n', '\r']);
             if text.is_empty() {
                 if !data.is_empty() {
-                    dispatch(shared, seen, stale, &data, arrived);
+                    dispatch(shared, seen, stale, &data, &id, arrived);
                     data.clear();
                 }
             } else if text.starts_with("retry:") {
                 shared.connected.fetch_add(1, Ordering::Relaxed);
             } else if let Some(value) = text.strip_prefix("data:") {
                 data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            } else if let Some(value) = text.strip_prefix("id:") {
+                // Kept like EventSource's last event id.
+                value.strip_prefix(' ').unwrap_or(value).clone_into(&mut id);
             }
-            // `id:`, `event:` and `: heartbeat` lines carry nothing measured here.
+            // `event:` and `: heartbeat` lines carry nothing measured here.
         }
     }
     Ok(())
@@ -710,9 +728,18 @@ async fn next_chunk<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(size > 0)
 }
 
-/// A complete message: note which document it was about, then mark its list stale.
-fn dispatch(shared: &Shared, seen: &mut Seen, stale: &impl Fn(List), data: &str, arrived: Instant) {
+/// A complete message (with the stream's last event id): note which document it was about,
+/// then mark its list stale.
+fn dispatch(
+    shared: &Shared,
+    seen: &mut Seen,
+    stale: &impl Fn(List, Option<&str>),
+    data: &str,
+    id: &str,
+    arrived: Instant,
+) {
     let message: serde_json::Value = serde_json::from_str(data).expect("event data is JSON");
+    let id = Some(id).filter(|id| !id.is_empty());
     if let Some(id) = message.get("id").and_then(serde_json::Value::as_str) {
         seen.entry(id.to_owned()).or_default().push(arrived);
         shared.deliveries.fetch_add(1, Ordering::Relaxed);
@@ -721,11 +748,11 @@ fn dispatch(shared: &Shared, seen: &mut Seen, stale: &impl Fn(List), data: &str,
         .get("collection")
         .and_then(serde_json::Value::as_str)
     {
-        Some("users") => stale(List::Users),
-        Some("devices") => stale(List::Devices),
+        Some("users") => stale(List::Users, id),
+        Some("devices") => stale(List::Devices, id),
         _ => {
-            stale(List::Users);
-            stale(List::Devices);
+            stale(List::Users, id);
+            stale(List::Devices, id);
         }
     }
 }

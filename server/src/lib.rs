@@ -61,6 +61,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Starts the runtime event streams are written on, on threads of its own: a burst of page
+/// loads and refetches on the main runtime then shares the cores with the streams instead of
+/// queueing their writes behind it. It stops (closing every stream) when `shutdown` is
+/// cancelled.
+pub fn start_stream_threads(
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .thread_name("sse")
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("sse-runtime".to_owned())
+        .spawn(move || runtime.block_on(shutdown.cancelled()))?;
+    Ok(handle)
+}
+
 /// A started server.
 #[derive(Debug)]
 pub struct Running {
@@ -130,6 +149,12 @@ pub async fn start(
     if !hub.wait_open(STREAM_WAIT).await {
         tracing::warn!("change stream not open yet; serving anyway, /readyz says 503 until it is");
     }
+    let streams = start_stream_threads(shutdown.clone()).map_err(|e| {
+        ConfigError::new(
+            "SSE_MAX_CLIENTS",
+            format!("cannot start the event-stream threads: {e}"),
+        )
+    })?;
     let state = AppState {
         leptos_options,
         repo: Repo::new(connection.db.clone(), hub.position()),
@@ -137,6 +162,7 @@ pub async fn start(
         config: Arc::new(config),
         shutdown: shutdown.clone(),
         sse_clients: Arc::default(),
+        streams,
     };
     let listener = net::SiteListener::new(listener, state.config.write_timeout, metrics);
     let app = router(state.clone());

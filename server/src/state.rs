@@ -26,4 +26,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Event streams open now.
     pub sse_clients: Arc<AtomicUsize>,
+    /// The runtime event streams are written on (see [`crate::start_stream_threads`]).
+    pub streams: tokio::runtime::Handle,
 }

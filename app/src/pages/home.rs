@@ -17,7 +17,7 @@ pub fn HomePage() -> impl IntoView {
     let users = Resource::new_blocking(
         move || users_refetch.key(),
         move |_| async move {
-            let users = get_users().await;
+            let users = get_users(users_refetch.after()).await;
             users_refetch.done();
             users
         },
@@ -25,7 +25,7 @@ pub fn HomePage() -> impl IntoView {
     let devices = Resource::new_blocking(
         move || devices_refetch.key(),
         move |_| async move {
-            let devices = get_lock_devices().await;
+            let devices = get_lock_devices(devices_refetch.after()).await;
             devices_refetch.done();
             devices
         },

@@ -23,12 +23,12 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// Every user, in `_id` order.
 async fn users(State(state): State<AppState>) -> Result<Json<Vec<User>>, AppError> {
-    Ok(Json(state.repo.users().await?.items.clone()))
+    Ok(Json(state.repo.users(None).await?.items.clone()))
 }
 
 /// Every device whose type is `"lock"`, in `_id` order.
 async fn lock_devices(State(state): State<AppState>) -> Result<Json<Vec<Device>>, AppError> {
-    Ok(Json(state.repo.lock_devices().await?.items.clone()))
+    Ok(Json(state.repo.lock_devices(None).await?.items.clone()))
 }
 
 /// `405` with `Allow: GET` and a JSON body.

@@ -90,8 +90,17 @@ async fn sse(
     match connection {
         Some(Extension(ConnectInfo(connection))) if version == Version::HTTP_11 => {
             let write_timeout = state.config.write_timeout;
+            let streams = state.streams.clone();
             connection.take_over(Box::new(move |socket, head| {
-                tokio::spawn(client.write_to(socket, head, write_timeout));
+                // Moved to the streams' runtime: registered again with its reactor there.
+                let Ok(socket) = socket.into_std() else {
+                    return;
+                };
+                streams.spawn(async move {
+                    if let Ok(socket) = TcpStream::from_std(socket) {
+                        client.write_to(socket, head, write_timeout).await;
+                    }
+                });
             }));
             let mut response = event_stream(Body::from_stream(stream::empty::<
                 Result<Bytes, Infallible>,
