@@ -90,7 +90,7 @@ async fn sse(
     match connection {
         Some(Extension(ConnectInfo(connection))) if version == Version::HTTP_11 => {
             let write_timeout = state.config.write_timeout;
-            let streams = state.streams.clone();
+            let streams = state.streams;
             connection.take_over(Box::new(move |socket, head| {
                 // Moved to the streams' runtime: registered again with its reactor there.
                 let Ok(socket) = socket.into_std() else {
