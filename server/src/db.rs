@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use app::repo::{DEVICES, USERS};
 use mongodb::bson::{doc, oid::ObjectId, Document};
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Database};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Database, IndexModel};
 
 use crate::config::{Config, ConfigError};
 
@@ -83,6 +83,45 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
         db,
         embedded,
     })
+}
+
+/// The unique index on `users.username`.
+pub const USERNAME_INDEX: &str = "username_1";
+
+/// Creates the unique [`USERNAME_INDEX`] on `users` (nothing to do when it exists). Users that
+/// already share a username do not stop start-up: one warning names one of them, and the index
+/// is created on a later start once they are fixed. Returns whether the index is in place.
+pub async fn ensure_username_index(db: &Database) -> Result<bool, mongodb::error::Error> {
+    let index = IndexModel::builder()
+        .keys(doc! { "username": 1 })
+        .options(
+            IndexOptions::builder()
+                .name(USERNAME_INDEX.to_owned())
+                .unique(true)
+                .build(),
+        )
+        .build();
+    match db.collection::<Document>(USERS).create_index(index).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_duplicate_key(&e) => {
+            tracing::warn!(
+                cause = %e,
+                "users share a username; the unique index {USERNAME_INDEX} waits until they are fixed"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `err` is a duplicate-key error (11000), as a command or a write reports it.
+fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match err.kind.as_ref() {
+        ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        _ => false,
+    }
 }
 
 /// Inserts sample users and devices into collections that are empty (so a restart, or data

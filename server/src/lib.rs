@@ -124,15 +124,21 @@ pub async fn start(
         .embedded
         .as_ref()
         .map(embedded_db::Server::local_addr);
+    let database_variable = if config.mongo_uri.is_some() {
+        "MONGO_URI"
+    } else {
+        "EMBEDDED_DB_PATH"
+    };
+    db::ensure_username_index(&connection.db)
+        .await
+        .map_err(|e| {
+            ConfigError::new(
+                database_variable,
+                format!("cannot create the {} index: {e}", db::USERNAME_INDEX),
+            )
+        })?;
     let inserted = db::seed(&connection.db).await.map_err(|e| {
-        ConfigError::new(
-            if config.mongo_uri.is_some() {
-                "MONGO_URI"
-            } else {
-                "EMBEDDED_DB_PATH"
-            },
-            format!("cannot seed the database: {e}"),
-        )
+        ConfigError::new(database_variable, format!("cannot seed the database: {e}"))
     })?;
     if inserted > 0 {
         tracing::info!(inserted, "seeded sample users and devices");

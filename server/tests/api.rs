@@ -212,3 +212,59 @@ async fn reads_see_acknowledged_writes() {
     }
     assert_eq!(app.running.state.repo.reads(), before);
 }
+
+/// Start-up creates the unique index `username_1`: a second user with a taken username is
+/// refused with E11000, whoever writes it.
+#[tokio::test]
+async fn usernames_are_unique() {
+    let app = common::start().await;
+    let names = app.users().list_index_names().await.expect("indexes");
+    assert!(names.iter().any(|n| n == "username_1"), "{names:?}");
+    let err = app
+        .users()
+        .insert_one(doc! { "fname": "Ada", "lname": "Again", "username": "ada" })
+        .await
+        .expect_err("a seeded username is taken");
+    assert!(err.to_string().contains("E11000"), "{err}");
+}
+
+/// Users that already share a username do not stop start-up: the app serves them, and the
+/// index waits until they are fixed.
+#[tokio::test]
+async fn duplicate_usernames_do_not_stop_start_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = embedded_db::Server::start(embedded_db::Config::new(
+        "127.0.0.1:0".parse().expect("address"),
+        dir.path(),
+    ))
+    .await
+    .expect("database");
+    let client = mongodb::Client::with_uri_str(database.uri())
+        .await
+        .expect("client");
+    let users = client
+        .database("realtime")
+        .collection::<mongodb::bson::Document>("users");
+    for lname in ["One", "Two"] {
+        users
+            .insert_one(doc! { "fname": "Twin", "lname": lname, "username": "twin" })
+            .await
+            .expect("insert");
+    }
+    client.shutdown().await;
+    database.shutdown().await;
+
+    let config = common::config(&dir);
+    let app = common::start_with(dir, config).await;
+    let names = app.users().list_index_names().await.expect("indexes");
+    assert!(!names.iter().any(|n| n == "username_1"), "{names:?}");
+    let (status, body) = get_json(&app.url("/api/users")).await;
+    assert_eq!(status, 200);
+    let twins = body
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|u| u["username"] == "twin")
+        .count();
+    assert_eq!(twins, 2);
+}

@@ -152,7 +152,7 @@ async fn insert_users(app: &common::App, n: usize) -> Vec<String> {
     for i in 0..n {
         let id = ObjectId::new();
         app.users()
-            .insert_one(doc! { "_id": id, "fname": format!("u{i}"), "lname": "x", "username": format!("u{i}") })
+            .insert_one(doc! { "_id": id, "fname": format!("u{i}"), "lname": "x", "username": format!("u{}", id.to_hex()) })
             .await
             .expect("insert");
         ids.push(id.to_hex());
@@ -332,7 +332,7 @@ async fn slow_client_is_cut_off() {
     let total = 40_000;
     for batch in 0..total / 500 {
         let docs: Vec<Document> = (0..500)
-            .map(|i| doc! { "fname": format!("b{batch}"), "lname": format!("{i}"), "username": "bulk" })
+            .map(|i| doc! { "fname": format!("b{batch}"), "lname": format!("{i}"), "username": format!("bulk{batch}_{i}") })
             .collect();
         app.users().insert_many(docs).await.expect("insert batch");
         for _ in 0..500 {
@@ -584,7 +584,7 @@ async fn stalled_stream_is_cut_after_the_write_timeout() {
         batches += 1;
         assert!(batches <= 200, "the stalled stream was never cut off");
         let docs: Vec<Document> = (0..200)
-            .map(|i| doc! { "fname": format!("s{batches}"), "lname": format!("{i}"), "username": "stall" })
+            .map(|i| doc! { "fname": format!("s{batches}"), "lname": format!("{i}"), "username": format!("stall{batches}_{i}") })
             .collect();
         app.users().insert_many(docs).await.expect("insert batch");
         for _ in 0..200 {
