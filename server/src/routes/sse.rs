@@ -225,6 +225,7 @@ struct Feed {
     hub: Hub,
     backlog: std::vec::IntoIter<Arc<LiveEvent>>,
     live: Option<tokio::sync::broadcast::Receiver<Beat>>,
+    /// The backlog's last position, until a live event passes it.
     after: Option<String>,
 }
 
@@ -255,6 +256,15 @@ impl Feed {
                             .as_deref()
                             .is_some_and(|after| event.token() <= after);
                     if !duplicate {
+                        // Once past the backlog's end, later events cannot repeat it: the
+                        // comparison stops (it ran per event per client).
+                        if self
+                            .after
+                            .as_deref()
+                            .is_some_and(|after| event.token() > after)
+                        {
+                            self.after = None;
+                        }
                         return Some(event.frame().clone());
                     }
                 }
