@@ -11,6 +11,7 @@ use leptos_router::StaticSegment;
 
 pub mod api;
 pub mod components;
+pub mod edit;
 pub mod error_template;
 pub mod live;
 pub mod model;

@@ -1,15 +1,22 @@
-//! The live feed in the browser: one `EventSource` on `/api/sse`. Each change
-//! names its collection, and only that list refetches (`resync`: both); a list's
-//! refetches are coalesced, at most one in flight and one queued, so a burst of
-//! changes costs two requests, not one per change. It never looks at document
+//! The live feed in the browser: one `EventSource` on `/api/sse` per browser. Each
+//! change names its collection, and only that list refetches (`resync`: both); a
+//! list's refetches are coalesced, at most one in flight and one queued, so a burst
+//! of changes costs two requests, not one per change. It never looks at document
 //! data.
+//!
+//! The tabs of one browser share the stream: the tab holding a Web Lock reads it and
+//! passes every event to the others over a `BroadcastChannel` ([`Note`]); when it
+//! closes, another tab takes the lock and resumes from the last event id the tabs
+//! saw. Without Web Locks or `BroadcastChannel` every tab reads its own stream.
 
 use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{DEVICES, USERS};
 
 /// Connection state shown by the indicator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Not connected yet (also during SSR).
     Connecting,
@@ -31,7 +38,8 @@ impl Status {
 }
 
 /// Which lists an event makes stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stale {
     /// A change to `users`.
     Users,
@@ -186,7 +194,7 @@ impl Live {
         }
         self.started.set_value(true);
         #[cfg(feature = "hydrate")]
-        browser::subscribe(*self, position);
+        browser::subscribe(*self, position.map(str::to_owned));
         #[cfg(not(feature = "hydrate"))]
         let _ = position;
     }
@@ -219,83 +227,43 @@ fn stream_url(position: Option<&str>) -> String {
     }
 }
 
-#[cfg(feature = "hydrate")]
-mod browser {
-    use std::time::Duration;
+/// What the tabs of one browser tell each other over their `BroadcastChannel` (one tab reads
+/// the stream and leads; see `live/browser.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Note {
+    /// The leader's stream delivered event `id`, which makes `stale` stale.
+    Event {
+        /// The lists it makes stale.
+        stale: Stale,
+        /// Its id, if it had one.
+        id: Option<String>,
+    },
+    /// The leader's stream state and the newest event id it has seen; sent when the state
+    /// changes and in answer to [`Note::Hello`].
+    State {
+        /// The stream's state.
+        status: Status,
+        /// The newest event id the leader has seen.
+        last: Option<String>,
+    },
+    /// A tab joined; the leader answers with [`Note::State`].
+    Hello,
+}
 
-    use futures::future::{abortable, AbortHandle};
-    use futures::StreamExt;
-    use gloo_net::eventsource::futures::EventSource;
-    use gloo_net::eventsource::State;
-    use leptos::prelude::*;
-
-    use super::{stream_url, Live, Stale, Status};
-
-    /// How often the indicator re-reads the connection state.
-    const STATUS_POLL: Duration = Duration::from_millis(250);
-
-    pub(super) fn subscribe(live: Live, position: Option<&str>) {
-        let url = stream_url(position);
-        let mut source = match EventSource::new(&url) {
-            Ok(source) => source,
-            Err(e) => {
-                leptos::logging::error!("cannot open the event stream: {e:?}");
-                return;
-            }
-        };
-        let (Ok(messages), Ok(resyncs)) = (source.subscribe("message"), source.subscribe("resync"))
-        else {
-            leptos::logging::error!("cannot subscribe to the event stream");
-            return;
-        };
-        // A change makes the list it names stale; a resync, both.
-        let mut events = futures::stream::select(messages, resyncs);
-        let (task, abort): (_, AbortHandle) = abortable(async move {
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok((event_type, message)) => {
-                        live.status.set(Status::Live);
-                        let data = message.data().as_string().unwrap_or_default();
-                        let id = Some(message.last_event_id()).filter(|id| !id.is_empty());
-                        live.changed(Stale::of(&event_type, &data), id);
-                    }
-                    Err(_) => live.status.set(Status::Reconnecting),
-                }
-            }
-        });
-        leptos::task::spawn_local(async move {
-            let _ = task.await;
-        });
-        // The browser-only EventSource lives in local storage of the reactive arena, so the
-        // poller can read its state and cleanup can close it.
-        let source = StoredValue::new_local(Some(source));
-        let poll = set_interval_with_handle(
-            move || {
-                let open = source.with_value(|s| s.as_ref().map(EventSource::state));
-                let next = match open {
-                    Some(State::Open) => Status::Live,
-                    _ => match live.status.get_untracked() {
-                        Status::Connecting => Status::Connecting,
-                        Status::Live | Status::Reconnecting => Status::Reconnecting,
-                    },
-                };
-                if live.status.get_untracked() != next {
-                    live.status.set(next);
-                }
-            },
-            STATUS_POLL,
-        );
-        on_cleanup(move || {
-            abort.abort();
-            if let Ok(poll) = poll {
-                poll.clear();
-            }
-            if let Some(source) = source.try_update_value(Option::take).flatten() {
-                source.close();
-            }
-        });
+/// Whether a tab whose lists were read at stream position `rendered` must refetch them when it
+/// learns that the leader has seen event `last`: a change reached the leader before the tab
+/// listened to it.
+pub fn missed(rendered: Option<&str>, last: Option<&str>) -> bool {
+    match (rendered, last) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(rendered), Some(last)) => rendered < last,
     }
 }
+
+#[cfg(feature = "hydrate")]
+mod browser;
 
 #[cfg(test)]
 mod tests {
@@ -355,6 +323,34 @@ mod tests {
             assert_eq!(key(), 3);
             assert_eq!(refetch.after().as_deref(), Some("03"));
         });
+    }
+
+    #[test]
+    fn a_joining_tab_refetches_only_when_the_leader_is_ahead() {
+        assert!(missed(Some("0a"), Some("0b")));
+        assert!(missed(None, Some("0b")));
+        assert!(!missed(Some("0b"), Some("0b")));
+        assert!(!missed(Some("0c"), Some("0b")));
+        assert!(!missed(Some("0a"), None));
+    }
+
+    #[cfg(any(feature = "ssr", feature = "hydrate"))]
+    #[test]
+    fn notes_round_trip() {
+        for note in [
+            Note::Event {
+                stale: Stale::Users,
+                id: Some("0a".into()),
+            },
+            Note::State {
+                status: Status::Live,
+                last: None,
+            },
+            Note::Hello,
+        ] {
+            let text = serde_json::to_string(&note).expect("encode");
+            assert_eq!(serde_json::from_str::<Note>(&text).expect("decode"), note);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub const USERS: &str = "users";
 pub const DEVICES: &str = "devices";
 
 /// A user as listed on the page and by `GET /api/users`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct User {
     /// The `_id` as 24 hex digits.
     pub id: String,
@@ -25,7 +25,7 @@ pub struct User {
 }
 
 /// A device as listed on the page and by `GET /api/lockDevices`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Device {
     /// The `_id` as 24 hex digits.
     pub id: String,

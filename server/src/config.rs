@@ -50,6 +50,9 @@ pub struct Config {
     pub embedded_max_connections: usize,
     /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
     pub embedded_test_commands: bool,
+    /// `SITE_HOSTS`: host names (lowercase, `name` or `name:port`) that writes may name in
+    /// `Host` besides IP addresses and `localhost`; see [`crate::forms`].
+    pub site_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             write_timeout: Duration::from_millis(30_000),
             embedded_max_connections: embedded_db::DEFAULT_MAX_CONNECTIONS,
             embedded_test_commands: false,
+            site_hosts: Vec::new(),
         }
     }
 }
@@ -157,6 +161,12 @@ impl Config {
                 }
                 n => n,
             },
+            site_hosts: var("SITE_HOSTS").map_or_else(Vec::new, |list| {
+                list.split(',')
+                    .map(|host| host.trim().to_ascii_lowercase())
+                    .filter(|host| !host.is_empty())
+                    .collect()
+            }),
             embedded_test_commands: match var("EMBEDDED_DB_TEST_COMMANDS") {
                 None => defaults.embedded_test_commands,
                 Some(text) => parse_switch(&text).ok_or_else(|| {
@@ -223,6 +233,7 @@ mod tests {
         assert_eq!(config.mongo_db, "realtime");
         assert_eq!(config.embedded_max_connections, 1000);
         assert!(!config.embedded_test_commands);
+        assert!(config.site_hosts.is_empty());
     }
 
     #[test]
@@ -238,8 +249,10 @@ mod tests {
             ("SSE_WRITE_TIMEOUT_MS", "500"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "20"),
             ("EMBEDDED_DB_TEST_COMMANDS", "1"),
+            ("SITE_HOSTS", " Example.com, ,app.example.com:8443 "),
         ]))
         .expect("valid");
+        assert_eq!(config.site_hosts, ["example.com", "app.example.com:8443"]);
         assert_eq!(
             config.mongo_uri.as_deref(),
             Some("mongodb://db:27017/?replicaSet=rs0")

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use app::edit::ssr::is_duplicate_key;
 use app::repo::{DEVICES, USERS};
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -111,16 +112,6 @@ pub async fn ensure_username_index(db: &Database) -> Result<bool, mongodb::error
             Ok(false)
         }
         Err(e) => Err(e),
-    }
-}
-
-/// Whether `err` is a duplicate-key error (11000), as a command or a write reports it.
-fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match err.kind.as_ref() {
-        ErrorKind::Command(c) => c.code == 11000,
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        _ => false,
     }
 }
 

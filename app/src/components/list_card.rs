@@ -1,5 +1,7 @@
 //! The card both lists are shown in.
 
+use std::hash::Hash;
+
 use leptos::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -7,8 +9,11 @@ use serde::Serialize;
 use crate::error_template::ErrorTemplate;
 use crate::model::Listed;
 
-/// A titled card showing one list: a loading line until the first result, the shared error view
-/// if it fails, else `<ul data-testid={list_id}>` with one `row` per item.
+/// A titled card showing one list: `children` (a form, a notice) under the title, a loading
+/// line until the first result, the shared error view if it fails, else
+/// `<ul data-testid={list_id}>` with one `row` per item. Rows are keyed by their whole item, so
+/// a refetch re-renders only the rows that changed: an open edit form elsewhere in the list
+/// keeps what was typed into it.
 #[component]
 pub fn ListCard<T, R, V>(
     /// Heading of the card.
@@ -19,28 +24,32 @@ pub fn ListCard<T, R, V>(
     items: Resource<Result<Listed<T>, ServerFnError>>,
     /// Renders one item as an `<li>`.
     row: R,
+    /// Shown between the title and the list.
+    #[prop(optional)]
+    children: Option<Children>,
 ) -> impl IntoView
 where
-    T: Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
+    T: Clone + Eq + Hash + Send + Sync + Serialize + DeserializeOwned + 'static,
     R: Fn(T) -> V + Copy + Send + Sync + 'static,
     V: IntoView + 'static,
 {
+    let current = move || {
+        items
+            .get()
+            .and_then(Result::ok)
+            .map(|snapshot| snapshot.items.clone())
+            .unwrap_or_default()
+    };
     view! {
         <section class="rounded-lg bg-white p-6 shadow">
             <h2 class="mb-4 text-xl font-semibold">{title}</h2>
+            {children.map(|children| children())}
             <Transition fallback=|| view! { <p class="text-slate-500">"Loading…"</p> }>
                 <ErrorBoundary fallback=|errors| view! { <ErrorTemplate errors /> }>
-                    {move || Suspend::new(async move {
-                        items
-                            .await
-                            .map(|snapshot| {
-                                view! {
-                                    <ul data-testid=list_id class="divide-y divide-slate-200">
-                                        {snapshot.items.iter().cloned().map(row).collect_view()}
-                                    </ul>
-                                }
-                            })
-                    })}
+                    {move || items.get().map(|result| result.map(|_| ()))}
+                    <ul data-testid=list_id class="divide-y divide-slate-200">
+                        <For each=current key=Clone::clone children=row />
+                    </ul>
                 </ErrorBoundary>
             </Transition>
         </section>

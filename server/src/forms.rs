@@ -1,0 +1,225 @@
+//! The edge of the server functions (`/_server/*`), in front of Leptos:
+//!
+//! - a request from another site (`Origin`, `Sec-Fetch-Site`) or naming a foreign `Host` (DNS
+//!   rebinding) is refused with `403` before any function runs;
+//! - a body larger than [`BODY_LIMIT`] is refused with `413`;
+//! - a refused write ([`EditError`]) is answered with its own status (400, 404, 409) instead of
+//!   the `500` Leptos gives every `Err`. A form posted without WASM still gets Leptos' redirect
+//!   back to the page, which shows the error.
+//!
+//! A `Host` is ours when it is an IP address, `localhost`, or listed in `SITE_HOSTS`: a DNS
+//! rebinding attack reaches the server under the attacker's own host name, which is none of
+//! these. Requests without `Origin` and `Sec-Fetch-Site` (curl, scripts) are not cross-site
+//! requests from a browser and pass.
+
+use std::net::IpAddr;
+
+use app::edit::{EditError, Problem};
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::state::AppState;
+
+/// Where the server functions are mounted.
+pub const PREFIX: &str = "/_server/";
+
+/// The largest body a server function accepts: far above any form (four fields of at most 64
+/// characters) and far below anything that could hurt.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The largest error body read back to find its status.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// The middleware (see the module docs); requests outside [`PREFIX`] pass untouched.
+pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with(PREFIX) {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(str::to_owned);
+    if let Some(reason) = cross_site(req.headers(), host.as_deref(), &state.config.site_hosts) {
+        tracing::warn!(
+            reason,
+            path = req.uri().path(),
+            "cross-site request refused"
+        );
+        return refuse(Problem::CrossSite);
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return refuse(Problem::TooLarge);
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(body) = to_bytes(body, BODY_LIMIT).await else {
+        return refuse(Problem::TooLarge);
+    };
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    with_refusal_status(response).await
+}
+
+/// Why a request is cross-site, if it is: a `Host` that is not ours, a `Sec-Fetch-Site` other
+/// than `same-origin`/`none`, or an `Origin` whose authority differs from `Host`.
+pub(crate) fn cross_site(
+    headers: &HeaderMap,
+    host: Option<&str>,
+    site_hosts: &[String],
+) -> Option<&'static str> {
+    let Some(host) = host.map(str::to_ascii_lowercase) else {
+        return Some("no Host");
+    };
+    if !is_our_host(&host, site_hosts) {
+        return Some("foreign Host");
+    }
+    let text = |value: &HeaderValue| value.to_str().map(str::to_ascii_lowercase).ok();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(text(site).as_deref(), Some("same-origin" | "none")) {
+            return Some("Sec-Fetch-Site");
+        }
+    }
+    if let Some(origin) = headers.get("origin") {
+        let authority = text(origin).and_then(|origin| {
+            let (_, rest) = origin.split_once("://")?;
+            Some(rest.trim_end_matches('/').to_owned())
+        });
+        if authority.as_deref() != Some(host.as_str()) {
+            return Some("Origin");
+        }
+    }
+    None
+}
+
+/// Whether `host` (lowercase `name` or `name:port`) names this site: an IP address,
+/// `localhost`, or an entry of `site_hosts` (an entry without a port matches any port).
+pub(crate) fn is_our_host(host: &str, site_hosts: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<IpAddr>().is_ok(),
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.parse::<IpAddr>().is_ok()
+        || name == "localhost"
+        || site_hosts
+            .iter()
+            .any(|allowed| allowed == host || allowed == name)
+}
+
+/// A refusal made here, before Leptos: the status and the JSON body the page decodes.
+fn refuse(problem: Problem) -> Response {
+    let error = EditError::new(None, problem);
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, axum::Json(error)).into_response()
+}
+
+/// Gives a `500` whose body is an [`EditError`] that error's status.
+async fn with_refusal_status(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR || !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = to_bytes(body, ERROR_BODY_LIMIT).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if let Ok(error) = serde_json::from_slice::<EditError>(&bytes) {
+        if let Ok(status) = StatusCode::from_u16(error.status()) {
+            parts.status = status;
+        }
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn ip_addresses_localhost_and_listed_names_are_ours() {
+        let listed = ["example.com".to_owned(), "app.test:8443".to_owned()];
+        for host in [
+            "127.0.0.1:3000",
+            "10.1.2.3",
+            "[::1]:3000",
+            "[::1]",
+            "localhost:3000",
+            "example.com",
+            "example.com:80",
+            "app.test:8443",
+        ] {
+            assert!(is_our_host(host, &listed), "{host}");
+        }
+        for host in [
+            "evil.test:3000",
+            "app.test:9000",
+            "127.0.0.1.evil.test",
+            "[evil]",
+            "[::1",
+            "",
+        ] {
+            assert!(!is_our_host(host, &listed), "{host}");
+        }
+    }
+
+    #[test]
+    fn same_origin_requests_pass() {
+        let same = headers(&[
+            ("origin", "http://127.0.0.1:3000"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert_eq!(cross_site(&same, Some("127.0.0.1:3000"), &[]), None);
+        // Scripts send neither header; a TLS proxy keeps the Host of the https origin.
+        assert_eq!(
+            cross_site(&HeaderMap::new(), Some("127.0.0.1:3000"), &[]),
+            None
+        );
+        let proxied = headers(&[("origin", "https://example.com")]);
+        let listed = ["example.com".to_owned()];
+        assert_eq!(cross_site(&proxied, Some("Example.com"), &listed), None);
+    }
+
+    #[test]
+    fn cross_site_requests_are_named() {
+        let host = Some("127.0.0.1:3000");
+        let other_origin = headers(&[("origin", "http://evil.test")]);
+        assert_eq!(cross_site(&other_origin, host, &[]), Some("Origin"));
+        let other_port = headers(&[("origin", "http://127.0.0.1:4000")]);
+        assert_eq!(cross_site(&other_port, host, &[]), Some("Origin"));
+        let null = headers(&[("origin", "null")]);
+        assert_eq!(cross_site(&null, host, &[]), Some("Origin"));
+        let fetch = headers(&[("sec-fetch-site", "cross-site")]);
+        assert_eq!(cross_site(&fetch, host, &[]), Some("Sec-Fetch-Site"));
+        let same_site = headers(&[("sec-fetch-site", "same-site")]);
+        assert_eq!(cross_site(&same_site, host, &[]), Some("Sec-Fetch-Site"));
+        let rebound = headers(&[("origin", "http://evil.test:3000")]);
+        assert_eq!(
+            cross_site(&rebound, Some("evil.test:3000"), &[]),
+            Some("foreign Host")
+        );
+        assert_eq!(cross_site(&HeaderMap::new(), None, &[]), Some("no Host"));
+    }
+}
