@@ -7,7 +7,7 @@
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, Meta, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes};
-use leptos_router::StaticSegment;
+use leptos_router::{SsrMode, StaticSegment};
 
 pub mod api;
 pub mod components;
@@ -49,7 +49,9 @@ pub fn App() -> impl IntoView {
         <Router>
             <main class="mx-auto max-w-3xl p-6">
                 <Routes fallback=|| view! { <p class="p-6">"Page not found."</p> }>
-                    <Route path=StaticSegment("") view=pages::home::HomePage />
+                    // Async: the HTML is sent once both lists are read, with them in place, so the
+                    // page is whole without scripts (no out-of-order chunks to swap in).
+                    <Route path=StaticSegment("") view=pages::home::HomePage ssr=SsrMode::Async />
                 </Routes>
             </main>
         </Router>

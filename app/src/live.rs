@@ -37,6 +37,28 @@ impl Status {
     }
 }
 
+/// How a tab gets its events (shown as the indicator's `data-role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It reads its own stream: the browser cannot share one.
+    Own,
+    /// It reads the stream for every tab of the browser.
+    Leader,
+    /// Another tab reads the stream and passes the events on.
+    Follower,
+}
+
+impl Role {
+    /// The `data-role` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Own => "own",
+            Self::Leader => "leader",
+            Self::Follower => "follower",
+        }
+    }
+}
+
 /// Which lists an event makes stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -138,6 +160,7 @@ pub struct Live {
     users: Refetch,
     devices: Refetch,
     status: RwSignal<Status>,
+    role: RwSignal<Option<Role>>,
     started: StoredValue<bool>,
 }
 
@@ -148,6 +171,7 @@ impl Live {
             users: Refetch::new(),
             devices: Refetch::new(),
             status: RwSignal::new(Status::Connecting),
+            role: RwSignal::new(None),
             started: StoredValue::new(false),
         };
         provide_context(live);
@@ -183,6 +207,11 @@ impl Live {
     /// The connection state (tracked).
     pub fn status(&self) -> Status {
         self.status.get()
+    }
+
+    /// How this tab gets its events, once subscribed (tracked).
+    pub fn role(&self) -> Option<Role> {
+        self.role.get()
     }
 
     /// Subscribes to `/api/sse` from `position` (a stream position that covers every rendered

@@ -19,7 +19,7 @@ import {
 const LIVE_MS = 2_000;
 
 const userItem = (page: Page, id: string): Locator =>
-  page.locator(`[data-testid=user-list] li[data-testid=user][data-id="${id}"]`);
+  page.locator(`[data-testid=user-list] [data-testid=user][data-id="${id}"]`);
 
 const deviceItem = (page: Page, id: string): Locator =>
   page.locator(`[data-testid=device-list] li[data-testid=device][data-id="${id}"]`);

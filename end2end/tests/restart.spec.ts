@@ -50,7 +50,7 @@ test("the page reconnects by itself after the server restarts", async ({ browser
       const user = newUser("restart");
       await users.insertOne(user);
       await expect(
-        page.locator(`li[data-testid=user][data-id="${user._id.toHexString()}"]`),
+        page.locator(`[data-testid=user][data-id="${user._id.toHexString()}"]`),
       ).toHaveText(userLine(user), { timeout: 2_000 });
       await expect(items).toHaveText([...before, userLine(user)]);
       // The stream keeps going after the reconnect: a second change arrives too.

@@ -4,10 +4,10 @@
  */
 import { expect, newUser, openLive, test, userLine, type UserDoc } from "./fixtures";
 
-/** The text of the `li[data-testid=user]` items in raw HTML, in document order. */
+/** The text of the `[data-testid=user]` items in raw HTML, in document order. */
 function userItems(html: string): { id: string; text: string }[] {
   const items: { id: string; text: string }[] = [];
-  const li = /<li\b([^>]*\bdata-testid="user"[^>]*)>([\s\S]*?)<\/li>/g;
+  const li = /<span\b([^>]*\bdata-testid="user"[^>]*)>([\s\S]*?)<\/span>/g;
   for (const match of html.matchAll(li)) {
     const id = /\bdata-id="([^"]*)"/.exec(match[1])?.[1] ?? "";
     // Drop hydration comment markers and any nested tags; keep the text.
@@ -36,6 +36,9 @@ test.describe("server-side rendering", () => {
       expect(html).toContain(userLine(user));
     }
     expect(html).toContain('data-testid="user-list"');
+    // Whole without scripts: the lists are in place, not in chunks a script would swap in.
+    expect(html).not.toContain("Loading…");
+    expect(html).not.toContain("<template");
     expect(userItems(html)).toEqual(
       expected.map((u) => ({ id: u._id.toHexString(), text: userLine(u) })),
     );

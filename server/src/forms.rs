@@ -5,7 +5,9 @@
 //! - a body larger than [`BODY_LIMIT`] is refused with `413`;
 //! - a refused write ([`EditError`]) is answered with its own status (400, 404, 409) instead of
 //!   the `500` Leptos gives every `Err`. A form posted without WASM still gets Leptos' redirect
-//!   back to the page, which shows the error.
+//!   back to the page, which shows the error. The `Referer` it is sent back to loses the
+//!   `__path`/`__err` of an earlier error first: Leptos appends the new pair, and a page
+//!   reads the first.
 //!
 //! A `Host` is ours when it is an IP address, `localhost`, or listed in `SITE_HOSTS`: a DNS
 //! rebinding attack reaches the server under the attacker's own host name, which is none of
@@ -17,7 +19,7 @@ use std::net::IpAddr;
 use app::edit::{EditError, Problem};
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, REFERER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -61,7 +63,15 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
         return refuse(Problem::TooLarge);
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if let Some(referer) = parts.headers.get(REFERER).and_then(|r| r.to_str().ok()) {
+        let cleaned = without_error_info(referer);
+        if cleaned != referer {
+            if let Ok(value) = HeaderValue::from_str(&cleaned) {
+                parts.headers.insert(REFERER, value);
+            }
+        }
+    }
     let Ok(body) = to_bytes(body, BODY_LIMIT).await else {
         return refuse(Problem::TooLarge);
     };
@@ -116,6 +126,25 @@ pub(crate) fn is_our_host(host: &str, site_hosts: &[String]) -> bool {
         || site_hosts
             .iter()
             .any(|allowed| allowed == host || allowed == name)
+}
+
+/// `url` without the query parameters `__path` and `__err` (a form error Leptos put there).
+pub(crate) fn without_error_info(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
+            !matches!(key, "__path" | "__err")
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
 }
 
 /// A refusal made here, before Leptos: the status and the JSON body the page decodes.
@@ -183,6 +212,20 @@ mod tests {
         ] {
             assert!(!is_our_host(host, &listed), "{host}");
         }
+    }
+
+    #[test]
+    fn earlier_form_errors_are_cut_from_the_referer() {
+        assert_eq!(
+            without_error_info("http://h/?__path=%2Fx&__err=abc"),
+            "http://h/"
+        );
+        assert_eq!(
+            without_error_info("http://h/p?a=1&__err=abc&b=2&__path=x"),
+            "http://h/p?a=1&b=2"
+        );
+        assert_eq!(without_error_info("http://h/p?a=1"), "http://h/p?a=1");
+        assert_eq!(without_error_info("http://h/"), "http://h/");
     }
 
     #[test]

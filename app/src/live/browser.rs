@@ -28,7 +28,7 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{BroadcastChannel, MessageEvent};
 
-use super::{missed, stream_url, Live, Note, Stale, Status};
+use super::{missed, stream_url, Live, Note, Role, Stale, Status};
 
 /// How often the indicator re-reads the connection state.
 const STATUS_POLL: Duration = Duration::from_millis(250);
@@ -45,6 +45,11 @@ pub(super) fn subscribe(live: Live, rendered: Option<String>) {
     let channel = can_share()
         .then(|| BroadcastChannel::new(CHANNEL).ok())
         .flatten();
+    live.role.set(Some(if channel.is_some() {
+        Role::Follower
+    } else {
+        Role::Own
+    }));
     let feed = match channel {
         Some(channel) => Feed::Shared {
             _membership: Tab::join(live, rendered, channel),
@@ -343,6 +348,7 @@ impl Tab {
         };
         let stream = open_stream(from.as_deref(), on_event, on_status);
         let mut this = tab.borrow_mut();
+        this.live.role.set(Some(Role::Leader));
         this.checked = true;
         this.leading = true;
         this.stream = stream;
