@@ -27,7 +27,7 @@ E2E := end2end
 CARGO_TEST_ENV := RUSTFLAGS="--cfg erase_components" LEPTOS_OUTPUT_NAME=realtime
 
 .PHONY: run test test-rust test-e2e build-site tools wasm-target cargo-leptos wasm-bindgen \
-	npm-deps e2e-deps chromium lint db bench bench-app node-deps py-deps fuzz
+	npm-deps e2e-deps chromium lint db bench bench-app bench-page screenshot node-deps py-deps fuzz
 
 ## Install the tools, build, serve http://127.0.0.1:3000 on the embedded database (./data/db).
 run: tools npm-deps
@@ -68,6 +68,17 @@ db:
 ## memory given back, 10 connect/leave cycles of 8,000, then 1,000 clients refetching per event.
 bench-app:
 	cargo bench --locked -p server --bench load
+
+## Print the page's figures (release build, assets precompressed with brotli and gzip): the
+## bytes of WASM + JS + CSS on the wire per encoding, and the time from a submit in one browser
+## to the change showing in another, over 50 edits.
+bench-page: tools npm-deps e2e-deps chromium
+	cargo leptos build --release --precompress --cargo-locked
+	cd $(E2E) && SERVER_BIN=target/release/server npx playwright test --config bench.config.ts
+
+## Refresh docs/screenshot.png (the picture in README) from the debug build.
+screenshot: build-site e2e-deps chromium
+	cd $(E2E) && SCREENSHOT=../docs/screenshot.png npx playwright test tests/screenshot.spec.ts
 
 ## Print the embedded database's throughput and latency figures (release build).
 bench:

@@ -4,10 +4,8 @@
 //! hydrates in the browser, subscribes to `/api/sse` from a stream position
 //! that covers both lists' reads, and refetches the list each change names.
 
+use leptos::either::Either;
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, Meta, MetaTags, Stylesheet, Title};
-use leptos_router::components::{Route, Router, Routes};
-use leptos_router::{SsrMode, StaticSegment};
 
 pub mod api;
 pub mod components;
@@ -19,7 +17,12 @@ pub mod pages;
 #[cfg(feature = "ssr")]
 pub mod repo;
 
-/// The HTML document around the app (server only).
+/// The path of the home page, the only page.
+pub const HOME: &str = "/";
+
+/// The HTML document around the app (server only). Title, description and stylesheet are
+/// plain tags here: one page needs no router or meta manager in the browser (leaving both out
+/// took a quarter off the WASM).
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     view! {
         <!DOCTYPE html>
@@ -27,9 +30,11 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             <head>
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <title>"Realtime users"</title>
+                <meta name="description" content="A live view of a MongoDB database" />
+                <link rel="stylesheet" id="leptos" href="/pkg/realtime.css" />
                 <AutoReload options=options.clone() />
                 <HydrationScripts options />
-                <MetaTags />
             </head>
             <body class="bg-slate-100 text-slate-900 antialiased">
                 <App />
@@ -38,22 +43,43 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
-/// The application: one page, the live lists.
+/// The application: the live lists at [`HOME`], "Page not found." anywhere else (the server
+/// answers those with 404).
 #[component]
 pub fn App() -> impl IntoView {
-    provide_meta_context();
-    view! {
-        <Stylesheet id="leptos" href="/pkg/realtime.css" />
-        <Title text="Realtime users" />
-        <Meta name="description" content="A live view of a MongoDB database" />
-        <Router>
-            <main class="mx-auto max-w-3xl p-6">
-                <Routes fallback=|| view! { <p class="p-6">"Page not found."</p> }>
-                    // Async: the HTML is sent once both lists are read, with them in place, so the
-                    // page is whole without scripts (no out-of-order chunks to swap in).
-                    <Route path=StaticSegment("") view=pages::home::HomePage ssr=SsrMode::Async />
-                </Routes>
-            </main>
-        </Router>
+    let page = if request::path().as_deref() == Some(HOME) {
+        Either::Left(view! { <pages::home::HomePage /> })
+    } else {
+        Either::Right(view! { <p class="p-6">"Page not found."</p> })
+    };
+    view! { <main class="mx-auto max-w-3xl p-6">{page}</main> }
+}
+
+/// The page's URL, on the server (the request) and in the browser (the location) alike.
+pub mod request {
+    /// The path.
+    pub fn path() -> Option<String> {
+        #[cfg(feature = "ssr")]
+        return leptos::prelude::use_context::<http::request::Parts>()
+            .map(|parts| parts.uri.path().to_owned());
+        #[cfg(all(feature = "hydrate", not(feature = "ssr")))]
+        return leptos::prelude::window().location().pathname().ok();
+        #[cfg(not(any(feature = "ssr", feature = "hydrate")))]
+        None
+    }
+
+    /// The query string, without the `?`.
+    pub fn query() -> Option<String> {
+        #[cfg(feature = "ssr")]
+        return leptos::prelude::use_context::<http::request::Parts>()
+            .and_then(|parts| parts.uri.query().map(str::to_owned));
+        #[cfg(all(feature = "hydrate", not(feature = "ssr")))]
+        return leptos::prelude::window()
+            .location()
+            .search()
+            .ok()
+            .map(|search| search.trim_start_matches('?').to_owned());
+        #[cfg(not(any(feature = "ssr", feature = "hydrate")))]
+        None
     }
 }

@@ -5,24 +5,21 @@
 import type { Browser, BrowserContext, Locator, Page, Response } from "@playwright/test";
 
 import {
+  deviceItem,
   expect,
+  LIVE_MS,
   newUser,
   openLive,
   test,
+  userItem,
   userLine,
   watchErrors,
   type DeviceDoc,
   type UserDoc,
 } from "./fixtures";
 
-/** The deadline for a change to reach another open page. */
-const LIVE_MS = 2_000;
-
 const userRow = (page: Page, id: string): Locator =>
   page.locator(`[data-testid=user-list] [data-testid=user-row][data-id="${id}"]`);
-
-const userText = (page: Page, id: string): Locator =>
-  page.locator(`[data-testid=user-list] [data-testid=user][data-id="${id}"]`);
 
 /** The row of the user whose line reads `line`. */
 const rowWithLine = (page: Page, line: string): Locator =>
@@ -136,7 +133,7 @@ test.describe("editing from the page", () => {
     const rival = newUser("rival");
     await users.insertMany([user, rival]);
     const id = user._id.toHexString();
-    await expect(userText(page, id)).toHaveText(userLine(user), { timeout: LIVE_MS });
+    await expect(userItem(page, id)).toHaveText(userLine(user), { timeout: LIVE_MS });
 
     const row = userRow(page, id);
     await row.getByText("Edit", { exact: true }).click();
@@ -152,7 +149,7 @@ test.describe("editing from the page", () => {
     await form.locator('input[name="username"]').fill(edited.username);
     await form.locator('input[name="username"]').press("Enter");
     for (const p of [page, other.page]) {
-      await expect(userText(p, id)).toHaveText(userLine(edited), { timeout: LIVE_MS });
+      await expect(userItem(p, id)).toHaveText(userLine(edited), { timeout: LIVE_MS });
     }
   });
 
@@ -160,7 +157,7 @@ test.describe("editing from the page", () => {
     const user = newUser("delete");
     await db.collection<UserDoc>("users").insertOne(user);
     const id = user._id.toHexString();
-    await expect(userText(other.page, id)).toHaveCount(1, { timeout: LIVE_MS });
+    await expect(userItem(other.page, id)).toHaveCount(1, { timeout: LIVE_MS });
 
     const row = userRow(page, id);
     await row.getByText("Delete", { exact: true }).click();
@@ -176,7 +173,7 @@ test.describe("editing from the page", () => {
     const lock = await devices.findOne({ type: "lock" });
     expect(lock).not.toBeNull();
     const id = lock!._id.toHexString();
-    const item = (p: Page) => p.locator(`[data-testid=device][data-id="${id}"]`);
+    const item = (p: Page) => deviceItem(p, id);
     for (const locked of [!lock!.locked, lock!.locked]) {
       await item(page).getByTestId("toggle-lock").click();
       for (const p of [page, other.page]) {
@@ -246,6 +243,12 @@ test.describe("editing without JavaScript", () => {
       // An error comes back the same way and is shown by the field.
       await addUser(page, { fname: "", lname: "x", username: user.username });
       await expect(fieldError(page.getByTestId("add-user"), "fname")).toHaveText("required");
+      // The same URL in a browser with scripts hydrates to the same error, without errors.
+      const withError = await live.context.newPage();
+      watchErrors(withError, pageErrors);
+      await openLive(withError, page.url());
+      await expect(fieldError(withError.getByTestId("add-user"), "fname")).toHaveText("required");
+      await withError.close();
 
       // Delete a user another visitor already deleted: the page says so.
       const row = rowWithLine(page, userLine(user));

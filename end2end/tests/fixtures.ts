@@ -3,7 +3,13 @@
  * `mongodb` handle on its database, `baseURL` pointing at it, and a collector of the console
  * errors and page errors of every page the test opens.
  */
-import { test as base, expect, type BrowserContext, type Page } from "@playwright/test";
+import {
+  test as base,
+  expect,
+  type BrowserContext,
+  type Locator,
+  type Page,
+} from "@playwright/test";
 import { MongoClient, ObjectId, type Db } from "mongodb";
 
 import { AppServer } from "./server";
@@ -42,6 +48,17 @@ export function newUser(tag: string): UserDoc {
   };
 }
 
+/** The deadline for a change to reach an open page. */
+export const LIVE_MS = 2_000;
+
+/** The line of user `id` in the users list (`fname lname - username`). */
+export const userItem = (page: Page, id: string): Locator =>
+  page.locator(`[data-testid=user-list] [data-testid=user][data-id="${id}"]`);
+
+/** The row of lock device `id` in the devices list. */
+export const deviceItem = (page: Page, id: string): Locator =>
+  page.locator(`[data-testid=device-list] li[data-testid=device][data-id="${id}"]`);
+
 /** Records `console.error` messages and uncaught page errors of a page. */
 export function watchErrors(page: Page, errors: string[]): void {
   page.on("console", (message) => {
@@ -63,9 +80,9 @@ export function watchContext(context: BrowserContext, errors: string[]): void {
   context.on("page", (page) => watchErrors(page, errors));
 }
 
-/** Opens `/` and waits until it is hydrated and its event stream is open. */
-export async function openLive(page: Page): Promise<void> {
-  await page.goto("/");
+/** Opens `url` (default `/`) and waits until it is hydrated and its event stream is open. */
+export async function openLive(page: Page, url = "/"): Promise<void> {
+  await page.goto(url);
   await expect(page.getByTestId("live-status")).toHaveAttribute("data-state", "live", {
     timeout: 20_000,
   });

@@ -2,27 +2,21 @@
  * (b) (c) (e) The live view: writes made directly in the database show up in open pages within
  * 2 s, without reloading, and the pages log no console errors and throw no page errors.
  */
-import type { Locator, Page } from "@playwright/test";
+import type { Page } from "@playwright/test";
 
 import {
+  deviceItem,
   expect,
+  LIVE_MS,
   newUser,
   openLive,
   test,
+  userItem,
   userLine,
   watchErrors,
   type DeviceDoc,
   type UserDoc,
 } from "./fixtures";
-
-/** The deadline for a database change to reach an open page. */
-const LIVE_MS = 2_000;
-
-const userItem = (page: Page, id: string): Locator =>
-  page.locator(`[data-testid=user-list] [data-testid=user][data-id="${id}"]`);
-
-const deviceItem = (page: Page, id: string): Locator =>
-  page.locator(`[data-testid=device-list] li[data-testid=device][data-id="${id}"]`);
 
 /** Marks the document so a later check can tell it was not reloaded. */
 async function markDocument(page: Page): Promise<void> {

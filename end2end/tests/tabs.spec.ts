@@ -1,14 +1,19 @@
 /**
  * One event stream per browser: the tabs of one context share the stream one of them reads.
  */
-import type { BrowserContext, Locator, Page } from "@playwright/test";
+import type { BrowserContext, Page } from "@playwright/test";
 
-import { expect, newUser, openLive, test, userLine, watchContext, type UserDoc } from "./fixtures";
-
-const LIVE_MS = 2_000;
-
-const userText = (page: Page, id: string): Locator =>
-  page.locator(`[data-testid=user-list] [data-testid=user][data-id="${id}"]`);
+import {
+  expect,
+  LIVE_MS,
+  newUser,
+  openLive,
+  test,
+  userItem,
+  userLine,
+  watchContext,
+  type UserDoc,
+} from "./fixtures";
 
 /** The value of an unlabelled metric in `/metrics`. */
 async function metric(baseURL: string | undefined, name: string): Promise<number> {
@@ -57,7 +62,7 @@ test.describe("one stream per browser", () => {
     const user = newUser("tabs");
     await db.collection<UserDoc>("users").insertOne(user);
     for (const tab of tabs) {
-      await expect(userText(tab, user._id.toHexString())).toHaveText(userLine(user), {
+      await expect(userItem(tab, user._id.toHexString())).toHaveText(userLine(user), {
         timeout: LIVE_MS,
       });
       await expect(tab.getByTestId("live-status")).toHaveAttribute("data-state", "live");
@@ -80,7 +85,7 @@ test.describe("one stream per browser", () => {
     const before = newUser("before");
     await users.insertOne(before);
     for (const tab of tabs) {
-      await expect(userText(tab, before._id.toHexString())).toHaveCount(1, { timeout: LIVE_MS });
+      await expect(userItem(tab, before._id.toHexString())).toHaveCount(1, { timeout: LIVE_MS });
     }
 
     await leaders[0].close();
@@ -93,7 +98,7 @@ test.describe("one stream per browser", () => {
     const after = newUser("after");
     await users.insertOne(after);
     for (const tab of rest) {
-      await expect(userText(tab, after._id.toHexString())).toHaveText(userLine(after), {
+      await expect(userItem(tab, after._id.toHexString())).toHaveText(userLine(after), {
         timeout: LIVE_MS,
       });
       await expect(tab.getByTestId("live-status")).toHaveAttribute("data-state", "live");
@@ -115,12 +120,12 @@ test.describe("one stream per browser", () => {
     await db.collection<UserDoc>("users").insertOne(user);
     const id = user._id.toHexString();
     // The leader has delivered it before the late tab listens.
-    await expect(userText(first, id)).toHaveCount(1, { timeout: LIVE_MS });
-    await expect(userText(late, id)).toHaveCount(0);
+    await expect(userItem(first, id)).toHaveCount(1, { timeout: LIVE_MS });
+    await expect(userItem(late, id)).toHaveCount(0);
     release();
     await expect(late.getByTestId("live-status")).toHaveAttribute("data-role", "follower", {
       timeout: 20_000,
     });
-    await expect(userText(late, id)).toHaveText(userLine(user), { timeout: LIVE_MS });
+    await expect(userItem(late, id)).toHaveText(userLine(user), { timeout: LIVE_MS });
   });
 });

@@ -27,10 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::repo::Repo;
-use app::{shell, App};
+use app::shell;
 use axum::Router;
 use leptos::prelude::*;
-use leptos_axum::{generate_route_list, LeptosRoutes};
+use leptos_axum::{AxumRouteListing, LeptosRoutes};
+use leptos_router::{Method, SsrMode};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
@@ -44,7 +45,15 @@ const STREAM_WAIT: Duration = Duration::from_secs(10);
 
 /// The whole application: pages, server functions, JSON routes, the event stream.
 pub fn router(state: AppState) -> Router {
-    let routes = generate_route_list(App);
+    // The one page, rendered whole before it is sent (`SsrMode::Async`): the lists are in place
+    // in the HTML, so the page is complete without scripts. Other paths fall through to the
+    // file handler: a static file, else the app's "Page not found." with 404.
+    let routes = vec![AxumRouteListing::new(
+        app::HOME.to_owned(),
+        SsrMode::Async,
+        [Method::Get],
+        Vec::new(),
+    )];
     let repo = state.repo.clone();
     let options = state.leptos_options.clone();
     Router::new()

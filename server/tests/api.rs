@@ -113,6 +113,21 @@ async fn page_is_server_rendered_with_users() {
     );
 }
 
+/// The page carries its title and stylesheet; any other path answers 404 with "Page not
+/// found." (no lists).
+#[tokio::test]
+async fn other_paths_are_not_found() {
+    let app = common::start().await;
+    let html = app.page().await;
+    assert!(html.contains("<title>Realtime users</title>"));
+    assert!(html.contains(r#"href="/pkg/realtime.css""#));
+    let response = reqwest::get(app.url("/nope")).await.expect("request");
+    assert_eq!(response.status().as_u16(), 404);
+    let html = response.text().await.expect("html");
+    assert!(html.contains("Page not found."));
+    assert!(!html.contains("Ada Lovelace"));
+}
+
 /// `/healthz` is 200; `/readyz` is 200 with the database and the change stream up.
 #[tokio::test]
 async fn health_and_readiness() {

@@ -1,9 +1,9 @@
 //! The lock devices panel.
 
-use leptos::form::ActionForm;
 use leptos::prelude::*;
+use leptos::server_fn::ServerFn;
 
-use crate::components::form::{last_error, Notice};
+use crate::components::form::{failure, outcome, Notice, Outcome, PostForm};
 use crate::components::list_card::ListCard;
 use crate::edit::SetLock;
 use crate::model::{Device, Listed};
@@ -11,8 +11,8 @@ use crate::model::{Device, Listed};
 /// Lists every lock device with its state and a button that flips it.
 #[component]
 pub fn DevicePanel(devices: Resource<Result<Listed<Device>, ServerFnError>>) -> impl IntoView {
-    let lock = ServerAction::<SetLock>::new();
-    let errors = Signal::derive(move || last_error(&lock.value()).into_iter().collect());
+    let lock = outcome(SetLock::PATH);
+    let errors = Signal::derive(move || failure(lock).into_iter().collect());
     let row = move |device: Device| device_row(device, lock);
     view! {
         <ListCard title="Lock devices" list_id="device-list" items=devices row>
@@ -21,7 +21,7 @@ pub fn DevicePanel(devices: Resource<Result<Listed<Device>, ServerFnError>>) -> 
     }
 }
 
-fn device_row(device: Device, lock: ServerAction<SetLock>) -> impl IntoView {
+fn device_row(device: Device, lock: Outcome) -> impl IntoView {
     let (label, badge, action) = if device.locked {
         ("locked", "bg-emerald-100 text-emerald-800", "Unlock")
     } else {
@@ -38,8 +38,7 @@ fn device_row(device: Device, lock: ServerAction<SetLock>) -> impl IntoView {
         >
             <span class="flex-1">{device.name}</span>
             <span class=format!("rounded px-2 py-0.5 text-sm {badge}")>{label}</span>
-            <ActionForm action=lock>
-                <input type="hidden" name="id" value=form_id />
+            <PostForm path=SetLock::PATH outcome=lock id=Some(form_id) class="">
                 <input type="hidden" name="locked" value=(!device.locked).to_string() />
                 <button
                     type="submit"
@@ -48,7 +47,7 @@ fn device_row(device: Device, lock: ServerAction<SetLock>) -> impl IntoView {
                 >
                     {action}
                 </button>
-            </ActionForm>
+            </PostForm>
         </li>
     }
 }

@@ -87,7 +87,8 @@ fn can_share() -> bool {
 struct Stream {
     task: AbortHandle,
     poll: Option<IntervalHandle>,
-    _source: Rc<EventSource>,
+    /// Shared with the poll, whose closure JavaScript may keep alive after it is cleared.
+    source: Rc<RefCell<Option<EventSource>>>,
 }
 
 impl Drop for Stream {
@@ -95,6 +96,9 @@ impl Drop for Stream {
         self.task.abort();
         if let Some(poll) = self.poll.take() {
             poll.clear();
+        }
+        if let Some(source) = self.source.borrow_mut().take() {
+            source.close();
         }
     }
 }
@@ -118,7 +122,7 @@ fn open_stream(
         leptos::logging::error!("cannot subscribe to the event stream");
         return None;
     };
-    let source = Rc::new(source);
+    let source = Rc::new(RefCell::new(Some(source)));
     let current = Rc::new(Cell::new(Status::Connecting));
     let set = Rc::new({
         let current = Rc::clone(&current);
@@ -154,8 +158,9 @@ fn open_stream(
         {
             let source = Rc::clone(&source);
             move || {
-                let next = match (source.state(), current.get()) {
-                    (State::Open, _) => Status::Live,
+                let open = source.borrow().as_ref().map(EventSource::state);
+                let next = match (open, current.get()) {
+                    (Some(State::Open), _) => Status::Live,
                     (_, Status::Connecting) => Status::Connecting,
                     _ => Status::Reconnecting,
                 };
@@ -168,7 +173,7 @@ fn open_stream(
     Some(Stream {
         task: abort,
         poll,
-        _source: source,
+        source,
     })
 }
 
