@@ -45,7 +45,7 @@ test.describe("live updates", () => {
     watchErrors(page2, pageErrors);
     try {
       const pages = [page, page2];
-      await Promise.all(pages.map(openLive));
+      await Promise.all(pages.map((p) => openLive(p)));
       await Promise.all(pages.map(markDocument));
       const users = db.collection<UserDoc>("users");
       const user = newUser("live");
