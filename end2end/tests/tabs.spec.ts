@@ -105,6 +105,22 @@ test.describe("one stream per browser", () => {
     }
   });
 
+  test("without Web Locks every tab reads its own stream", async ({ baseURL, db }) => {
+    await context.addInitScript(() => {
+      Object.defineProperty(Navigator.prototype, "locks", { get: () => undefined });
+    });
+    const tabs = await openTabs(context, 2);
+    expect(await Promise.all(tabs.map(role))).toEqual(["own", "own"]);
+    await expect.poll(() => metric(baseURL, "realtime_sse_streams_open")).toBe(2);
+    const user = newUser("own");
+    await db.collection<UserDoc>("users").insertOne(user);
+    for (const tab of tabs) {
+      await expect(userItem(tab, user._id.toHexString())).toHaveText(userLine(user), {
+        timeout: LIVE_MS,
+      });
+    }
+  });
+
   test("a tab that loads while a change is committed shows it", async ({ db }) => {
     const [first] = await openTabs(context, 1);
     const late = await context.newPage();

@@ -244,7 +244,7 @@ impl Tab {
             tab.post(&Note::Hello);
         }
         let (release, released) = oneshot::channel::<()>();
-        let leader = Rc::clone(&tab);
+        let (leader, refused) = (Rc::clone(&tab), Rc::clone(&tab));
         leptos::task::spawn_local(async move {
             let led = leptos_use::use_web_lock(LOCK, move |_lock| async move {
                 Self::lead(&leader);
@@ -253,7 +253,13 @@ impl Tab {
             })
             .await;
             if let Err(e) = led {
-                leptos::logging::error!("cannot take the feed lock: {e}");
+                // Without the lock nobody may ever lead for this tab: read the stream itself.
+                leptos::logging::error!(
+                    "cannot take the feed lock ({e}); reading the stream alone"
+                );
+                if !refused.borrow().leading {
+                    Self::lead(&refused);
+                }
             }
         });
         Membership {
