@@ -299,7 +299,7 @@ impl UpdatePlan {
                 }
                 doc
             }
-            UpdateSpec::Operators(_) => {
+            UpdateSpec::Operators(_) | UpdateSpec::Pipeline(_) => {
                 let mut doc = seed;
                 self.spec.apply(&mut doc, &self.context(ctx, true))?;
                 doc
@@ -337,7 +337,7 @@ impl UpdatePlan {
                 doc: new.clone(),
                 pre: images.then(|| old.clone()),
             },
-            UpdateSpec::Operators(_) => ChangeRecord::Update {
+            UpdateSpec::Operators(_) | UpdateSpec::Pipeline(_) => ChangeRecord::Update {
                 ns: ns.clone(),
                 id,
                 description: doc! {

@@ -90,6 +90,38 @@ impl Pipeline {
         Ok(Pipeline { stages })
     }
 
+    /// Parses the stages of a pipeline-style update: only `$addFields`/`$set`, `$project`,
+    /// `$unset` and `$replaceRoot`/`$replaceWith` may appear (any other is `InvalidOptions`,
+    /// "… is not allowed to be used within an update", as mongod says).
+    pub(crate) fn parse_update(stages: &[Bson]) -> CommandResult<Pipeline> {
+        const ALLOWED: [&str; 6] = [
+            "$addFields",
+            "$set",
+            "$project",
+            "$unset",
+            "$replaceRoot",
+            "$replaceWith",
+        ];
+        for stage in stages {
+            let Some(name) = stage.as_document().and_then(|d| d.keys().next()) else {
+                continue; // `parse` below names what is wrong with it
+            };
+            if !ALLOWED.contains(&name.as_str()) {
+                // An unknown stage is unknown here too (40324); a known one is not allowed.
+                if let Err(e) = Self::parse(std::slice::from_ref(stage)) {
+                    if e.code == ErrorCode::UnrecognizedPipelineStage {
+                        return Err(e);
+                    }
+                }
+                return Err(CommandError::new(
+                    ErrorCode::InvalidOptions,
+                    format!("{name} is not allowed to be used within an update"),
+                ));
+            }
+        }
+        Self::parse(stages)
+    }
+
     /// Runs the pipeline over documents produced by `feed`, one at a time: the stages before
     /// the first blocking one (`$sort`, `$group`, `$count`) handle each document as it comes,
     /// and the blocking stage accumulates only what it needs (a `$group` its groups, a

@@ -6,12 +6,14 @@ use std::cmp::Ordering;
 
 use bson::{doc, Bson, Document};
 
+use super::aggregate::Pipeline;
 use super::compare::{compare, identical, identical_documents, type_name, values_equal};
 use super::filter::{ElemMatch, Filter};
 use super::num::{as_integral, Num};
 use super::path::{self, array_index, split_first};
 use super::sort::SortSpec;
 use crate::error::{CommandError, CommandResult, ErrorCode};
+use crate::limits::Deadline;
 
 mod apply;
 mod array;
@@ -23,13 +25,16 @@ use array::{retain, with_array};
 use parse::parse_operators;
 use positional::{expand, ArrayFilters};
 
-/// A parsed update: a replacement document or a list of field updates.
+/// A parsed update: a replacement document, a list of field updates, or a pipeline.
 #[derive(Debug, Clone)]
 pub(crate) enum UpdateSpec {
     /// Replace the whole document (keeping `_id`).
     Replacement(Document),
     /// Operator updates, ordered by path as MongoDB applies them.
     Operators(Vec<FieldUpdate>),
+    /// A pipeline-style update: stages (`$set`/`$addFields`, `$unset`, `$project`,
+    /// `$replaceRoot`/`$replaceWith`) run over the document, whose result replaces it.
+    Pipeline(Pipeline),
 }
 
 /// One operator applied to one (possibly positional) path.
@@ -128,23 +133,19 @@ const MODIFIERS: [&str; 15] = [
 impl UpdateSpec {
     /// Parses the `u` of an update statement: a document of `$` operators, a
     /// replacement document (no `$` keys; `{}` replaces with an empty document),
-    /// or (not supported) a pipeline array (`NotImplemented`). Mixed documents
+    /// or a pipeline array (see [`Pipeline::parse_update`]). Mixed documents
     /// and unknown modifiers are `FailedToParse`; overlapping paths are
     /// `ConflictingUpdateOperators`.
     pub(crate) fn parse(u: &Bson) -> CommandResult<UpdateSpec> {
-        let d =
-            match u {
-                Bson::Document(d) => d,
-                Bson::Array(_) => return Err(CommandError::new(
-                    ErrorCode::NotImplemented,
-                    "pipeline-style updates (an array of stages) are not supported by this server",
-                )),
-                _ => {
-                    return Err(CommandError::failed_to_parse(
-                        "Update argument must be either an object or an array",
-                    ))
-                }
-            };
+        let d = match u {
+            Bson::Document(d) => d,
+            Bson::Array(stages) => return Pipeline::parse_update(stages).map(UpdateSpec::Pipeline),
+            _ => {
+                return Err(CommandError::failed_to_parse(
+                    "Update argument must be either an object or an array",
+                ))
+            }
+        };
         match d.keys().next() {
             Some(k) if k.starts_with('$') => parse_operators(d).map(UpdateSpec::Operators),
             _ => match d.keys().find(|k| k.starts_with('$')) {
@@ -165,6 +166,7 @@ impl UpdateSpec {
     ) -> CommandResult<UpdateOutcome> {
         let ups = match self {
             UpdateSpec::Replacement(r) => return replace(doc, r),
+            UpdateSpec::Pipeline(pipeline) => return run_pipeline(doc, pipeline),
             UpdateSpec::Operators(ups) => ups,
         };
         let filters = ArrayFilters::parse(ctx.array_filters, ups)?;
@@ -226,6 +228,57 @@ fn check_depth(doc: &Document) -> CommandResult<()> {
         stack.extend(children.map(|c| (c, depth)));
     }
     Ok(())
+}
+
+/// Runs a pipeline-style update over `doc`: the one document the stages produce replaces it,
+/// `_id` kept (`ImmutableField` when a stage changed or removed it). What changed is reported
+/// field by field, as mongod reports such an update in its change events.
+fn run_pipeline(doc: &mut Document, pipeline: &Pipeline) -> CommandResult<UpdateOutcome> {
+    let mut produced = pipeline.run(vec![doc.clone()], &Deadline::none())?;
+    let new = match (produced.pop(), produced.is_empty()) {
+        (Some(new), true) => new,
+        _ => {
+            return Err(CommandError::bad_value(
+                "An update pipeline must produce exactly one document",
+            ))
+        }
+    };
+    if let Some(old) = doc.get("_id") {
+        if !new.get("_id").is_some_and(|id| identical(old, id)) {
+            return Err(CommandError::new(
+                ErrorCode::ImmutableField,
+                "Performing an update on the path '_id' would modify the immutable field '_id'",
+            ));
+        }
+    }
+    // The `_id` stays first, as stored.
+    let mut next = Document::new();
+    if let Some(id) = new.get("_id") {
+        next.insert("_id", id.clone());
+    }
+    for (key, value) in new {
+        if key != "_id" {
+            next.insert(key, value);
+        }
+    }
+    let mut outcome = UpdateOutcome {
+        modified: !identical_documents(doc, &next),
+        ..UpdateOutcome::default()
+    };
+    if outcome.modified {
+        for (key, value) in &next {
+            if !doc.get(key).is_some_and(|old| identical(old, value)) {
+                outcome.updated_fields.insert(key.clone(), value.clone());
+            }
+        }
+        outcome.removed_fields = doc
+            .keys()
+            .filter(|key| !next.contains_key(key.as_str()))
+            .cloned()
+            .collect();
+    }
+    *doc = next;
+    Ok(outcome)
 }
 
 fn replace(doc: &mut Document, r: &Document) -> CommandResult<UpdateOutcome> {
@@ -364,10 +417,14 @@ mod tests {
             UpdateSpec::parse(&Bson::Document(doc! { "a": 1 })).unwrap(),
             UpdateSpec::Replacement(_)
         ));
+        assert!(matches!(
+            UpdateSpec::parse(&bson::bson!([{ "$set": { "a": 1 } }])).unwrap(),
+            UpdateSpec::Pipeline(_)
+        ));
         let p = |u: Bson| UpdateSpec::parse(&u).unwrap_err();
         assert_eq!(
-            p(bson::bson!([{ "$set": { "a": 1 } }])).code,
-            ErrorCode::NotImplemented
+            p(bson::bson!([{ "$match": { "a": 1 } }])).code,
+            ErrorCode::InvalidOptions
         );
         assert_eq!(
             p(bson::bson!({ "$set": { "a": 1 }, "b": 1 })).code,
