@@ -235,13 +235,10 @@ fn check_depth(doc: &Document) -> CommandResult<()> {
 /// field by field, as mongod reports such an update in its change events.
 fn run_pipeline(doc: &mut Document, pipeline: &Pipeline) -> CommandResult<UpdateOutcome> {
     let mut produced = pipeline.run(vec![doc.clone()], &Deadline::none())?;
-    let new = match (produced.pop(), produced.is_empty()) {
-        (Some(new), true) => new,
-        _ => {
-            return Err(CommandError::bad_value(
-                "An update pipeline must produce exactly one document",
-            ))
-        }
+    let (Some(new), true) = (produced.pop(), produced.is_empty()) else {
+        return Err(CommandError::bad_value(
+            "An update pipeline must produce exactly one document",
+        ));
     };
     if let Some(old) = doc.get("_id") {
         if !new.get("_id").is_some_and(|id| identical(old, id)) {
