@@ -8,6 +8,7 @@
 mod admin;
 mod aggregate;
 mod catalog;
+mod explain;
 mod fail_point;
 mod generic;
 mod read;
@@ -276,6 +277,7 @@ async fn run_command(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResu
         "drop" => catalog::drop(db, req).await,
         "dropDatabase" => catalog::drop_database(db, req).await,
         "dropIndexes" | "deleteIndexes" => catalog::drop_indexes(db, req).await,
+        "explain" => explain::explain(db, req).await,
         "endSessions"
         | "killAllSessions"
         | "killAllSessionsByPattern"
@@ -330,6 +332,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "dropDatabase",
     "dropIndexes",
     "endSessions",
+    "explain",
     "find",
     "findAndModify",
     "getCmdLineOpts",

@@ -13,7 +13,7 @@ use crate::storage::timestamp_of;
 use crate::wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_LEN, MAX_NESTING_DEPTH};
 
 /// The MongoDB version this server answers as (wire version 21).
-const VERSION: &str = "7.0.14";
+pub(super) const VERSION: &str = "7.0.14";
 const VERSION_ARRAY: [i32; 4] = [7, 0, 14, 0];
 const MAX_WIRE_VERSION: i32 = 21;
 /// Announcing this makes drivers attach sessions (`lsid`) and allows retryable writes.

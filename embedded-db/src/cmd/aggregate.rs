@@ -26,6 +26,9 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
             ))
         }
     };
+    if matches!(req.body.get("explain"), Some(Bson::Boolean(true))) {
+        return super::explain::aggregate(db, req).await;
+    }
     for option in ["explain", "let"] {
         if !matches!(
             req.body.get(option),
