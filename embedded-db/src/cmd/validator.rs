@@ -111,8 +111,8 @@ pub(crate) struct Validator {
 
 impl Validator {
     /// The validator described by collection options, or `None` when there is none (or
-    /// its level is `off`). Query operators are supported; `$jsonSchema` and `$expr` are
-    /// refused with `NotImplemented`, as the filter parser refuses them.
+    /// its level is `off`). Query operators and `$expr` are supported; `$jsonSchema` is
+    /// refused with `NotImplemented`, as the filter parser refuses it.
     pub(crate) fn from_options(options: &Document) -> CommandResult<Option<Self>> {
         let level = match options.get("validationLevel") {
             None | Some(Bson::Null) => Level::Strict,

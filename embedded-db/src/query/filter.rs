@@ -25,6 +25,9 @@ enum Expr {
     Nor(Vec<Expr>),
     /// All conditions hold for the values at the path.
     Field(String, Vec<Cond>),
+    /// `$expr`: an aggregation expression over the whole document is true. An expression
+    /// that fails on a document (e.g. `$divide` by zero) does not match it.
+    Aggregate(Box<super::expr::Expr>),
 }
 
 /// A condition on the values a path reaches.
@@ -156,7 +159,7 @@ impl ElemMatch {
 
 impl Filter {
     /// Parses a query filter. Unknown operators, malformed `$and`/`$or`/`$nor`
-    /// and bad operator arguments are `BadValue`; `$expr`, `$where`, `$text` and
+    /// and bad operator arguments are `BadValue`; `$where`, `$text` and
     /// geo/schema operators are `NotImplemented`.
     pub(crate) fn parse(filter: &Document) -> CommandResult<Filter> {
         Ok(Filter {
@@ -231,7 +234,7 @@ fn collect_array_conds<'a>(
                     out.extend(element_conds.map(|c| (rest, c)));
                 }
             }
-            Expr::Or(_) | Expr::Nor(_) => {}
+            Expr::Or(_) | Expr::Nor(_) | Expr::Aggregate(_) => {}
         }
     }
 }
@@ -245,6 +248,9 @@ impl Expr {
             Expr::Field(p, conds) => conds
                 .iter()
                 .all(|c| c.eval(&|t| path::any_value(doc, p, &mut |v| t(v)))),
+            Expr::Aggregate(expr) => expr
+                .eval(doc)
+                .is_ok_and(|value| super::expr::is_true(value.as_ref())),
         }
     }
 }
@@ -330,7 +336,8 @@ fn parse_exprs(filter: &Document) -> CommandResult<Vec<Expr>> {
             "$or" => out.push(Expr::Or(parse_clauses(key, value)?)),
             "$nor" => out.push(Expr::Nor(parse_clauses(key, value)?)),
             "$comment" => {}
-            "$expr" | "$where" | "$text" | "$jsonSchema" | "$sampleRate" => {
+            "$expr" => out.push(Expr::Aggregate(Box::new(super::expr::Expr::parse(value)?))),
+            "$where" | "$text" | "$jsonSchema" | "$sampleRate" => {
                 return Err(CommandError::new(
                     ErrorCode::NotImplemented,
                     format!("{key} is not supported by this server"),
@@ -772,7 +779,7 @@ mod tests {
         assert_eq!(err(&doc! { "$or": [] }).code, ErrorCode::BadValue);
         assert_eq!(err(&doc! { "$and": 1 }).code, ErrorCode::BadValue);
         assert_eq!(err(&doc! { "$foo": 1 }).code, ErrorCode::BadValue);
-        assert_eq!(err(&doc! { "$expr": {} }).code, ErrorCode::NotImplemented);
+        assert_eq!(err(&doc! { "$where": "1" }).code, ErrorCode::NotImplemented);
     }
 
     #[test]
