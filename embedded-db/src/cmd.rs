@@ -13,6 +13,7 @@ mod fail_point;
 mod generic;
 mod read;
 mod validator;
+mod variables;
 mod write;
 
 use std::future::Future;
@@ -235,6 +236,10 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
             format!("Command {name} does not support writeConcern"),
         ));
     }
+    let req = Request {
+        body: variables::bind(&name, req.body)?,
+        ..req
+    };
     let mut reply = run_command(db, &req, &name).await?;
     if let Some(error) = write_concern.error() {
         reply.insert("writeConcernError", error);

@@ -110,6 +110,12 @@ pub enum ErrorCode {
     ProjectionInclusionInExclusion = 31253,
     /// An exclusion in an inclusion projection.
     ProjectionExclusionInInclusion = 31254,
+    /// A `let` variable has an empty name.
+    VariableNameEmpty = 16866,
+    /// A `let` variable name starts with something other than a lowercase letter.
+    VariableNameStart = 16867,
+    /// A `let` variable name holds something other than letters, digits and `_`.
+    VariableNameChar = 16868,
     /// A pipeline stage is not known or not allowed here.
     UnrecognizedPipelineStage = 40324,
     /// A `$group` specification is invalid.
@@ -179,6 +185,9 @@ impl ErrorCode {
             Self::ProjectionPathCollision => "Location31250",
             Self::ProjectionInclusionInExclusion => "Location31253",
             Self::ProjectionExclusionInInclusion => "Location31254",
+            Self::VariableNameEmpty => "Location16866",
+            Self::VariableNameStart => "Location16867",
+            Self::VariableNameChar => "Location16868",
             Self::UnrecognizedPipelineStage => "Location40324",
             Self::GroupSpecification => "Location15947",
             Self::ChangeStreamNotFirst => "Location40602",
@@ -240,6 +249,9 @@ impl ErrorCode {
             ErrorCode::ProjectionPathCollision,
             ErrorCode::ProjectionInclusionInExclusion,
             ErrorCode::ProjectionExclusionInInclusion,
+            ErrorCode::VariableNameEmpty,
+            ErrorCode::VariableNameStart,
+            ErrorCode::VariableNameChar,
             ErrorCode::UnrecognizedPipelineStage,
             ErrorCode::GroupSpecification,
             ErrorCode::ChangeStreamNotFirst,

@@ -29,16 +29,13 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
     if matches!(req.body.get("explain"), Some(Bson::Boolean(true))) {
         return super::explain::aggregate(db, req).await;
     }
-    for option in ["explain", "let"] {
-        if !matches!(
-            req.body.get(option),
-            None | Some(Bson::Null | Bson::Boolean(false))
-        ) {
-            return Err(CommandError::new(
-                ErrorCode::NotImplemented,
-                format!("the '{option}' option of aggregate is not supported by embedded-db"),
-            ));
-        }
+    if !matches!(
+        req.body.get("explain"),
+        None | Some(Bson::Null | Bson::Boolean(false))
+    ) {
+        return Err(CommandError::type_mismatch(
+            "BSON field 'explain' is the wrong type, expected type 'bool'",
+        ));
     }
     let batch_size =
         match opt_document(&req.body, "cursor")? {

@@ -191,7 +191,6 @@ pub(super) async fn search(
 
 /// `find` options embedded-db does not honour; refused unless falsy.
 const FIND_REFUSED: &[&str] = &[
-    "let",
     "tailable",
     "awaitData",
     "returnKey",

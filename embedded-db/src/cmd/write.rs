@@ -97,12 +97,6 @@ struct WriteOptions {
 
 impl WriteOptions {
     fn parse(req: &Request<'_>) -> CommandResult<Self> {
-        if req.body.contains_key("let") {
-            return Err(CommandError::new(
-                ErrorCode::NotImplemented,
-                "'let' variables are not supported by embedded-db",
-            ));
-        }
         Ok(Self {
             ordered: opt_bool(&req.body, "ordered")?.unwrap_or(true),
             bypass_validation: opt_bool(&req.body, "bypassDocumentValidation")?.unwrap_or(false),
