@@ -13,3 +13,4 @@ pub(crate) mod path;
 pub(crate) mod projection;
 pub(crate) mod sort;
 pub(crate) mod update;
+pub(crate) mod variables;

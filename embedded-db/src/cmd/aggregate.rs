@@ -11,6 +11,7 @@ use crate::changes::{ChangeStream, Scope};
 use crate::cursor::{Cursor, CursorKind};
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
+use crate::limits::MemoryBudget;
 use crate::namespace::{validate_db, Namespace};
 use crate::query::aggregate::Pipeline;
 use crate::query::filter::Filter;
@@ -95,7 +96,29 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
                 }
                 _ => (None, &stages[..]),
             };
-            let pipeline = Pipeline::parse(rest)?;
+            let mut pipeline = Pipeline::parse(rest)?;
+            // `$lookup` / `$unionWith`: their collections, read in this same snapshot.
+            pipeline.resolve(&mut |coll| {
+                let foreign = Namespace::new(&ns.db, coll)?;
+                let Some(meta) = read.collection(&foreign)? else {
+                    return Ok(Vec::new());
+                };
+                let mut docs = Vec::new();
+                let mut budget = MemoryBudget::new("$lookup");
+                for_each_match(
+                    read,
+                    &meta,
+                    &Filter::default(),
+                    &deadline,
+                    &[],
+                    |_, _, doc| {
+                        budget.add(&doc)?;
+                        docs.push(doc);
+                        Ok(true)
+                    },
+                )?;
+                Ok(docs)
+            })?;
             let Some(meta) = read.collection(&ns)? else {
                 return pipeline.run(Vec::new(), &deadline);
             };

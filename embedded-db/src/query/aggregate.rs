@@ -1,6 +1,7 @@
 //! Aggregation pipelines over in-memory documents: `$match`, `$project`,
 //! `$addFields`/`$set`, `$unset`, `$sort`, `$limit`, `$skip`, `$group`,
-//! `$count`, `$unwind`, `$replaceRoot`/`$replaceWith`.
+//! `$count`, `$unwind`, `$replaceRoot`/`$replaceWith`, and `$lookup` / `$unionWith` over
+//! the documents of another collection, loaded before the run ([`Pipeline::resolve`]).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -38,11 +39,38 @@ enum Stage {
     Count(String),
     Unwind(Unwind),
     ReplaceRoot(Expr),
+    Lookup(Box<Lookup>),
+    UnionWith(Box<UnionWith>),
+}
+
+/// `$lookup`: joins each document with the documents of another collection of the same
+/// database, by equal fields and/or a pipeline (with `let` variables from the document).
+#[derive(Debug, Clone)]
+struct Lookup {
+    from: String,
+    /// `localField` and `foreignField`, when joined by equality.
+    fields: Option<(String, String)>,
+    /// `let`: variables evaluated against each input document.
+    vars: Document,
+    /// The raw stages; bound to each document's variables, then parsed and run.
+    pipeline: Option<Vec<Bson>>,
+    /// `as`: where the matches go.
+    into: String,
+    /// The documents of `from`, loaded by [`Pipeline::resolve`] before the run.
+    foreign: Vec<Document>,
+}
+
+/// `$unionWith`: the documents of another collection (through a pipeline) after the input.
+#[derive(Debug, Clone)]
+struct UnionWith {
+    coll: String,
+    pipeline: Option<Pipeline>,
+    /// The documents of `coll`, loaded by [`Pipeline::resolve`] before the run.
+    foreign: Vec<Document>,
 }
 
 /// MongoDB stages this server knows of but does not run.
-const UNSUPPORTED: [&str; 14] = [
-    "$lookup",
+const UNSUPPORTED: [&str; 12] = [
     "$graphLookup",
     "$facet",
     "$bucket",
@@ -52,7 +80,6 @@ const UNSUPPORTED: [&str; 14] = [
     "$merge",
     "$geoNear",
     "$sortByCount",
-    "$unionWith",
     "$setWindowFields",
     "$densify",
     "$fill",
@@ -90,6 +117,29 @@ impl Pipeline {
         Ok(Pipeline { stages })
     }
 
+    /// The collections `$lookup` and `$unionWith` stages read, each loaded once through `load`
+    /// (a collection of the same database; a missing one is empty) before the pipeline runs.
+    pub(crate) fn resolve(
+        &mut self,
+        load: &mut dyn FnMut(&str) -> CommandResult<Vec<Document>>,
+    ) -> CommandResult<()> {
+        for (_, stage) in &mut self.stages {
+            match stage {
+                Stage::Lookup(lookup) => lookup.foreign = load(&lookup.from)?,
+                Stage::UnionWith(union) => union.foreign = load(&union.coll)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a stage reads another collection (`$lookup`, `$unionWith`).
+    fn reads_other_collections(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|(_, s)| matches!(s, Stage::Lookup(_) | Stage::UnionWith(_)))
+    }
+
     /// Parses the stages of a pipeline-style update: only `$addFields`/`$set`, `$project`,
     /// `$unset` and `$replaceRoot`/`$replaceWith` may appear (any other is `InvalidOptions`,
     /// "… is not allowed to be used within an update", as mongod says).
@@ -123,7 +173,7 @@ impl Pipeline {
     }
 
     /// Runs the pipeline over documents produced by `feed`, one at a time: the stages before
-    /// the first blocking one (`$sort`, `$group`, `$count`) handle each document as it comes,
+    /// the first blocking one (`$sort`, `$group`, `$count`, `$unionWith`) handle each document as it comes,
     /// and the blocking stage accumulates only what it needs (a `$group` its groups, a
     /// `$count` a number), so a `countDocuments` over a large collection holds no documents.
     /// The rest of the pipeline then runs as [`Pipeline::run`] does. `feed` stops early when
@@ -136,7 +186,13 @@ impl Pipeline {
         let split = self
             .stages
             .iter()
-            .position(|(_, s)| matches!(s, Stage::Sort(_) | Stage::Group(_) | Stage::Count(_)))
+            .position(|(_, s)| {
+                // A `$unionWith` appends once, after all the input: it waits like a sort.
+                matches!(
+                    s,
+                    Stage::Sort(_) | Stage::Group(_) | Stage::Count(_) | Stage::UnionWith(_)
+                )
+            })
             .unwrap_or(self.stages.len());
         let (front, rest) = self.stages.split_at(split);
         let mut skipped = vec![0usize; front.len()];
@@ -258,6 +314,8 @@ fn parse_stage(name: &str, arg: &Bson) -> CommandResult<Stage> {
             }
         },
         "$unwind" => Stage::Unwind(Unwind::parse(arg)?),
+        "$lookup" => Stage::Lookup(Box::new(Lookup::parse(object("$lookup")?)?)),
+        "$unionWith" => Stage::UnionWith(Box::new(UnionWith::parse(arg)?)),
         "$replaceRoot" => match object("$replaceRoot")?.get("newRoot") {
             Some(root) => Stage::ReplaceRoot(Expr::parse(root)?),
             None => return Err(CommandError::bad_value("no newRoot specified for the $replaceRoot stage")),
@@ -428,6 +486,188 @@ fn label(name: &str) -> &'static str {
     }
 }
 
+impl Lookup {
+    fn parse(spec: &Document) -> CommandResult<Lookup> {
+        let text = |key: &str| -> CommandResult<Option<String>> {
+            match spec.get(key) {
+                None => Ok(None),
+                Some(Bson::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(CommandError::failed_to_parse(format!(
+                    "$lookup argument '{key}' must be a string"
+                ))),
+            }
+        };
+        for key in spec.keys() {
+            if !matches!(
+                key.as_str(),
+                "from" | "localField" | "foreignField" | "let" | "pipeline" | "as"
+            ) {
+                return Err(CommandError::failed_to_parse(format!(
+                    "unknown argument to $lookup: {key}"
+                )));
+            }
+        }
+        let from = text("from")?.ok_or_else(|| {
+            CommandError::failed_to_parse("missing 'from' option to $lookup stage specification")
+        })?;
+        let into = text("as")?.ok_or_else(|| {
+            CommandError::failed_to_parse("must specify 'as' field for a $lookup")
+        })?;
+        let fields = match (text("localField")?, text("foreignField")?) {
+            (Some(local), Some(foreign)) => Some((local, foreign)),
+            (None, None) => None,
+            _ => {
+                return Err(CommandError::failed_to_parse(
+                    "$lookup requires both or neither of 'localField' and 'foreignField' to be specified",
+                ))
+            }
+        };
+        let vars = match spec.get("let") {
+            None => Document::new(),
+            Some(Bson::Document(vars)) => vars.clone(),
+            Some(_) => {
+                return Err(CommandError::failed_to_parse(
+                    "$lookup argument 'let' must be an object",
+                ))
+            }
+        };
+        let pipeline = match spec.get("pipeline") {
+            None => None,
+            Some(Bson::Array(stages)) => {
+                // Checked now, with every variable bound to null: a stage that cannot parse
+                // fails the command, not the first document it meets.
+                let mut probe = stages.clone();
+                let nulls: Document = vars.keys().map(|k| (k.clone(), Bson::Null)).collect();
+                super::variables::in_pipeline(&mut probe, &nulls);
+                if Pipeline::parse(&probe)?.reads_other_collections() {
+                    return Err(CommandError::new(
+                        ErrorCode::NotImplemented,
+                        "a $lookup or $unionWith inside a $lookup pipeline is not supported by embedded-db",
+                    ));
+                }
+                Some(stages.clone())
+            }
+            Some(_) => {
+                return Err(CommandError::failed_to_parse(
+                    "$lookup argument 'pipeline' must be an array",
+                ))
+            }
+        };
+        if fields.is_none() && pipeline.is_none() {
+            return Err(CommandError::failed_to_parse(
+                "$lookup requires either 'pipeline' or both 'localField' and 'foreignField' to be specified",
+            ));
+        }
+        Ok(Lookup {
+            from,
+            fields,
+            vars,
+            pipeline,
+            into,
+            foreign: Vec::new(),
+        })
+    }
+
+    /// Puts each document's matches (in the foreign collection's order) into `as`.
+    fn run(&self, docs: Vec<Document>, deadline: &Deadline) -> CommandResult<Vec<Document>> {
+        // Foreign documents by the encoded values of `foreignField` (missing or null: null).
+        let mut by_value: std::collections::HashMap<Vec<u8>, Vec<usize>> =
+            std::collections::HashMap::new();
+        if let Some((_, foreign_field)) = &self.fields {
+            for (i, f) in self.foreign.iter().enumerate() {
+                deadline.check()?;
+                let mut keys: Vec<Vec<u8>> = crate::keys::index_values(f, foreign_field)
+                    .iter()
+                    .map(crate::keys::encode)
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                for key in keys {
+                    by_value.entry(key).or_default().push(i);
+                }
+            }
+        }
+        let mut out = Output::new("$lookup", docs.len());
+        for mut d in docs {
+            deadline.check()?;
+            let candidates: Vec<Document> = match &self.fields {
+                Some((local_field, _)) => {
+                    let mut hits: Vec<usize> = crate::keys::index_values(&d, local_field)
+                        .iter()
+                        .filter_map(|v| by_value.get(&crate::keys::encode(v)))
+                        .flatten()
+                        .copied()
+                        .collect();
+                    hits.sort_unstable();
+                    hits.dedup();
+                    hits.into_iter().map(|i| self.foreign[i].clone()).collect()
+                }
+                None => self.foreign.clone(),
+            };
+            let matched = match &self.pipeline {
+                Some(stages) => {
+                    let vars = super::variables::values(&self.vars, &d)?;
+                    let mut stages = stages.clone();
+                    super::variables::in_pipeline(&mut stages, &vars);
+                    Pipeline::parse(&stages)?.run(candidates, deadline)?
+                }
+                None => candidates,
+            };
+            add_field(
+                &mut d,
+                &self.into,
+                Some(&Bson::Array(
+                    matched.into_iter().map(Bson::Document).collect(),
+                )),
+            );
+            out.push(d)?;
+        }
+        Ok(out.docs)
+    }
+}
+
+impl UnionWith {
+    fn parse(arg: &Bson) -> CommandResult<UnionWith> {
+        let (coll, pipeline) = match arg {
+            Bson::String(coll) => (coll.clone(), None),
+            Bson::Document(spec) => {
+                let coll = spec.get_str("coll").map_err(|_| {
+                    CommandError::failed_to_parse("$unionWith requires a 'coll' string")
+                })?;
+                let pipeline = match spec.get("pipeline") {
+                    None => None,
+                    Some(Bson::Array(stages)) => Some(Pipeline::parse(stages)?),
+                    Some(_) => {
+                        return Err(CommandError::failed_to_parse(
+                            "$unionWith 'pipeline' must be an array",
+                        ))
+                    }
+                };
+                (coll.to_owned(), pipeline)
+            }
+            _ => {
+                return Err(CommandError::failed_to_parse(
+                    "the $unionWith stage specification must be an object or string",
+                ))
+            }
+        };
+        if pipeline
+            .as_ref()
+            .is_some_and(Pipeline::reads_other_collections)
+        {
+            return Err(CommandError::new(
+                ErrorCode::NotImplemented,
+                "a $lookup or $unionWith inside a $unionWith pipeline is not supported by embedded-db",
+            ));
+        }
+        Ok(UnionWith {
+            coll,
+            pipeline,
+            foreign: Vec::new(),
+        })
+    }
+}
+
 impl Stage {
     fn run(
         &self,
@@ -498,6 +738,22 @@ impl Stage {
                 for d in docs {
                     deadline.check()?;
                     u.run(d, &mut out, deadline)?;
+                }
+                return Ok(out.docs);
+            }
+            Stage::Lookup(lookup) => return lookup.run(docs, deadline),
+            Stage::UnionWith(union) => {
+                let mut out = Output::new("$unionWith", docs.len());
+                for d in docs {
+                    out.push(d)?;
+                }
+                let theirs = match &union.pipeline {
+                    Some(pipeline) => pipeline.run(union.foreign.clone(), deadline)?,
+                    None => union.foreign.clone(),
+                };
+                for d in theirs {
+                    deadline.check()?;
+                    out.push(d)?;
                 }
                 return Ok(out.docs);
             }
@@ -1036,8 +1292,12 @@ mod tests {
         assert_eq!(e.code, ErrorCode::UnrecognizedPipelineStage);
         assert_eq!(e.msg, "Unrecognized pipeline stage name: '$foo'");
         assert_eq!(
-            run(bson!([{ "$lookup": {} }]), vec![]).unwrap_err().code,
+            run(bson!([{ "$facet": {} }]), vec![]).unwrap_err().code,
             ErrorCode::NotImplemented
+        );
+        assert_eq!(
+            run(bson!([{ "$lookup": {} }]), vec![]).unwrap_err().code,
+            ErrorCode::FailedToParse
         );
         assert_eq!(
             run(bson!([{ "$limit": 0 }]), vec![]).unwrap_err().code,
