@@ -118,6 +118,8 @@ pub enum ErrorCode {
     VariableNameChar = 16868,
     /// A pipeline stage is not known or not allowed here.
     UnrecognizedPipelineStage = 40324,
+    /// A stage that cannot run inside `$facet`.
+    FacetStageNotAllowed = 40600,
     /// A `$group` specification is invalid.
     GroupSpecification = 15947,
     /// `$changeStream` must be the first stage.
@@ -189,6 +191,7 @@ impl ErrorCode {
             Self::VariableNameStart => "Location16867",
             Self::VariableNameChar => "Location16868",
             Self::UnrecognizedPipelineStage => "Location40324",
+            Self::FacetStageNotAllowed => "Location40600",
             Self::GroupSpecification => "Location15947",
             Self::ChangeStreamNotFirst => "Location40602",
             Self::UnknownField => "Location40415",
@@ -253,6 +256,7 @@ impl ErrorCode {
             ErrorCode::VariableNameStart,
             ErrorCode::VariableNameChar,
             ErrorCode::UnrecognizedPipelineStage,
+            ErrorCode::FacetStageNotAllowed,
             ErrorCode::GroupSpecification,
             ErrorCode::ChangeStreamNotFirst,
             ErrorCode::ChangeStreamBadResumeToken,

@@ -41,6 +41,8 @@ enum Stage {
     ReplaceRoot(Expr),
     Lookup(Box<Lookup>),
     UnionWith(Box<UnionWith>),
+    /// `$facet`: each named pipeline over all the input, into one document of arrays.
+    Facet(Vec<(String, Pipeline)>),
 }
 
 /// `$lookup`: joins each document with the documents of another collection of the same
@@ -70,9 +72,8 @@ struct UnionWith {
 }
 
 /// MongoDB stages this server knows of but does not run.
-const UNSUPPORTED: [&str; 12] = [
+const UNSUPPORTED: [&str; 11] = [
     "$graphLookup",
-    "$facet",
     "$bucket",
     "$bucketAuto",
     "$sample",
@@ -127,6 +128,11 @@ impl Pipeline {
             match stage {
                 Stage::Lookup(lookup) => lookup.foreign = load(&lookup.from)?,
                 Stage::UnionWith(union) => union.foreign = load(&union.coll)?,
+                Stage::Facet(facets) => {
+                    for (_, pipeline) in facets {
+                        pipeline.resolve(load)?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -135,9 +141,11 @@ impl Pipeline {
 
     /// Whether a stage reads another collection (`$lookup`, `$unionWith`).
     fn reads_other_collections(&self) -> bool {
-        self.stages
-            .iter()
-            .any(|(_, s)| matches!(s, Stage::Lookup(_) | Stage::UnionWith(_)))
+        self.stages.iter().any(|(_, s)| match s {
+            Stage::Lookup(_) | Stage::UnionWith(_) => true,
+            Stage::Facet(facets) => facets.iter().any(|(_, p)| p.reads_other_collections()),
+            _ => false,
+        })
     }
 
     /// Parses the stages of a pipeline-style update: only `$addFields`/`$set`, `$project`,
@@ -187,10 +195,15 @@ impl Pipeline {
             .stages
             .iter()
             .position(|(_, s)| {
-                // A `$unionWith` appends once, after all the input: it waits like a sort.
+                // `$unionWith` appends once, after all the input, and `$facet` runs over all of
+                // it: they wait like a sort.
                 matches!(
                     s,
-                    Stage::Sort(_) | Stage::Group(_) | Stage::Count(_) | Stage::UnionWith(_)
+                    Stage::Sort(_)
+                        | Stage::Group(_)
+                        | Stage::Count(_)
+                        | Stage::UnionWith(_)
+                        | Stage::Facet(_)
                 )
             })
             .unwrap_or(self.stages.len());
@@ -316,6 +329,7 @@ fn parse_stage(name: &str, arg: &Bson) -> CommandResult<Stage> {
         "$unwind" => Stage::Unwind(Unwind::parse(arg)?),
         "$lookup" => Stage::Lookup(Box::new(Lookup::parse(object("$lookup")?)?)),
         "$unionWith" => Stage::UnionWith(Box::new(UnionWith::parse(arg)?)),
+        "$facet" => Stage::Facet(parse_facet(object("$facet")?)?),
         "$replaceRoot" => match object("$replaceRoot")?.get("newRoot") {
             Some(root) => Stage::ReplaceRoot(Expr::parse(root)?),
             None => return Err(CommandError::bad_value("no newRoot specified for the $replaceRoot stage")),
@@ -626,6 +640,38 @@ impl Lookup {
     }
 }
 
+/// `$facet`'s named pipelines; mongod refuses an empty spec, a non-array facet and the stages
+/// that cannot run inside one (`$facet`, `$out`, `$merge`, `$changeStream`: 40600).
+fn parse_facet(spec: &Document) -> CommandResult<Vec<(String, Pipeline)>> {
+    if spec.is_empty() {
+        return Err(CommandError::bad_value(
+            "the $facet specification must be a non-empty object",
+        ));
+    }
+    let mut facets = Vec::with_capacity(spec.len());
+    for (name, stages) in spec {
+        let Bson::Array(stages) = stages else {
+            return Err(CommandError::type_mismatch(format!(
+                "arguments to $facet must be arrays, {name} is type {}",
+                type_name(stages)
+            )));
+        };
+        for stage in stages {
+            let inner = stage.as_document().and_then(|d| d.keys().next());
+            if let Some(inner) = inner
+                .filter(|n| matches!(n.as_str(), "$facet" | "$out" | "$merge" | "$changeStream"))
+            {
+                return Err(CommandError::new(
+                    ErrorCode::FacetStageNotAllowed,
+                    format!("{inner} is not allowed to be used within a $facet stage"),
+                ));
+            }
+        }
+        facets.push((name.clone(), Pipeline::parse(stages)?));
+    }
+    Ok(facets)
+}
+
 impl UnionWith {
     fn parse(arg: &Bson) -> CommandResult<UnionWith> {
         let (coll, pipeline) = match arg {
@@ -742,6 +788,21 @@ impl Stage {
                 return Ok(out.docs);
             }
             Stage::Lookup(lookup) => return lookup.run(docs, deadline),
+            Stage::Facet(facets) => {
+                let mut out = Document::new();
+                let mut budget = MemoryBudget::new("$facet");
+                for (name, pipeline) in facets {
+                    let results = pipeline.run(docs.clone(), deadline)?;
+                    for d in &results {
+                        budget.add(d)?;
+                    }
+                    out.insert(
+                        name.clone(),
+                        Bson::Array(results.into_iter().map(Bson::Document).collect()),
+                    );
+                }
+                return Ok(vec![out]);
+            }
             Stage::UnionWith(union) => {
                 let mut out = Output::new("$unionWith", docs.len());
                 for d in docs {
