@@ -1353,7 +1353,7 @@ mod tests {
         assert_eq!(e.code, ErrorCode::UnrecognizedPipelineStage);
         assert_eq!(e.msg, "Unrecognized pipeline stage name: '$foo'");
         assert_eq!(
-            run(bson!([{ "$facet": {} }]), vec![]).unwrap_err().code,
+            run(bson!([{ "$out": "x" }]), vec![]).unwrap_err().code,
             ErrorCode::NotImplemented
         );
         assert_eq!(
