@@ -26,6 +26,11 @@ pub(crate) enum Expr {
     Array(Vec<Expr>),
     /// `$cond` with `if`, `then`, `else`.
     Cond(Box<[Expr; 3]>),
+    /// `$getField`: the field of that exact name (dots and `$` included) of `input`.
+    GetField(String, Box<Expr>),
+    /// `$setField` / `$unsetField`: `input` with the field of that exact name set to the value
+    /// (missing, e.g. `$$REMOVE`: removed).
+    SetField(String, Box<[Expr; 2]>),
     /// An operator applied to its arguments.
     Op(Operator, Vec<Expr>),
 }
@@ -190,6 +195,28 @@ impl Expr {
                     otherwise.eval(doc)?
                 }
             }
+            Expr::GetField(field, input) => match input.eval(doc)? {
+                Some(Bson::Document(d)) => d.get(field).cloned(),
+                None | Some(Bson::Null) => None,
+                Some(other) => return Err(field_input_error("$getField", &other)),
+            },
+            Expr::SetField(field, parts) => {
+                let [input, value] = parts.as_ref();
+                let mut out = match input.eval(doc)? {
+                    Some(Bson::Document(d)) => d,
+                    None | Some(Bson::Null) => return Ok(Some(Bson::Null)),
+                    Some(other) => return Err(field_input_error("$setField", &other)),
+                };
+                match value.eval(doc)? {
+                    Some(value) => {
+                        out.insert(field.clone(), value);
+                    }
+                    None => {
+                        out.remove(field);
+                    }
+                }
+                Some(Bson::Document(out))
+            }
             Expr::Op(Operator::And, args) => Some(Bson::Boolean(all_args(args, doc, true)?)),
             Expr::Op(Operator::Or, args) => Some(Bson::Boolean(!all_args(args, doc, false)?)),
             Expr::Op(op, args) => {
@@ -286,6 +313,7 @@ fn parse_document(d: &Document) -> CommandResult<Expr> {
     match name.as_str() {
         "$literal" => return Ok(Expr::Literal(arg.clone())),
         "$cond" => return parse_cond(arg),
+        "$getField" | "$setField" | "$unsetField" => return parse_field_op(name, arg),
         _ => {}
     }
     let op = Operator::from_name(name).ok_or_else(|| {
@@ -311,6 +339,78 @@ fn parse_document(d: &Document) -> CommandResult<Expr> {
         return Err(arity_error(name, &expected, args.len()));
     }
     Ok(Expr::Op(op, args))
+}
+
+/// `$getField` (`"name"` or `{field, input}`), `$setField` (`{field, input, value}`) and
+/// `$unsetField` (`{field, input}`); `field` must be a constant string (or a `$literal` one),
+/// `input` defaults to `$$CURRENT` for `$getField`.
+fn parse_field_op(name: &str, arg: &Bson) -> CommandResult<Expr> {
+    let constant = |v: &Bson| -> CommandResult<String> {
+        match v {
+            Bson::String(s) if !s.starts_with('$') => Ok(s.clone()),
+            Bson::Document(d) if d.len() == 1 => match d.get("$literal") {
+                Some(Bson::String(s)) => Ok(s.clone()),
+                _ => Err(CommandError::bad_value(format!(
+                    "{name} requires 'field' to evaluate to a constant string"
+                ))),
+            },
+            _ => Err(CommandError::bad_value(format!(
+                "{name} requires 'field' to evaluate to a constant string"
+            ))),
+        }
+    };
+    let (spec, shorthand) = match arg {
+        Bson::Document(d) if !d.keys().any(|k| k.starts_with('$')) => (Some(d), None),
+        other if name == "$getField" => (None, Some(constant(other)?)),
+        _ => {
+            return Err(CommandError::bad_value(format!(
+                "{name} only supports an object as its argument"
+            )))
+        }
+    };
+    if let Some(field) = shorthand {
+        return Ok(Expr::GetField(field, Box::new(Expr::Field(None))));
+    }
+    let spec = spec.ok_or_else(|| CommandError::bad_value(format!("{name} needs an object")))?;
+    let allowed: &[&str] = match name {
+        "$setField" => &["field", "input", "value"],
+        _ => &["field", "input"],
+    };
+    if let Some(unknown) = spec.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(CommandError::bad_value(format!(
+            "{name} found an unknown argument: {unknown}"
+        )));
+    }
+    let field = constant(spec.get("field").ok_or_else(|| {
+        CommandError::bad_value(format!("{name} requires 'field' to be specified"))
+    })?)?;
+    let input = match spec.get("input") {
+        Some(input) => Expr::parse(input)?,
+        None if name == "$getField" => Expr::Field(None),
+        None => {
+            return Err(CommandError::bad_value(format!(
+                "{name} requires 'input' to be specified"
+            )))
+        }
+    };
+    Ok(match name {
+        "$getField" => Expr::GetField(field, Box::new(input)),
+        "$setField" => {
+            let value = spec.get("value").ok_or_else(|| {
+                CommandError::bad_value("$setField requires 'value' to be specified")
+            })?;
+            Expr::SetField(field, Box::new([input, Expr::parse(value)?]))
+        }
+        _ => Expr::SetField(field, Box::new([input, Expr::Remove])),
+    })
+}
+
+/// The error for a `$getField` / `$setField` whose `input` is not an object.
+fn field_input_error(name: &str, input: &Bson) -> CommandError {
+    CommandError::bad_value(format!(
+        "{name} requires 'input' to evaluate to type Object, but got {}",
+        type_name(input)
+    ))
 }
 
 fn parse_cond(arg: &Bson) -> CommandResult<Expr> {

@@ -310,17 +310,12 @@ fn replace(doc: &mut Document, r: &Document) -> CommandResult<UpdateOutcome> {
 pub(crate) const MAX_STORED_DEPTH: usize = 100;
 
 /// Rejects documents that cannot be stored: nesting deeper than [`MAX_STORED_DEPTH`]
-/// (`Overflow`), top-level field names starting with `$` (`DollarPrefixedFieldName`), and an
-/// `_id` that is an array, regex or undefined (`InvalidIdField`) or a document with
-/// `$`-prefixed fields.
+/// (`Overflow`), and an `_id` that is an array, regex or undefined (`InvalidIdField`) or a
+/// document with `$`-prefixed fields (`DollarPrefixedFieldName`). Other field names may start
+/// with `$` or hold dots, as since MongoDB 5.0 (read back with `$getField`); where mongod
+/// refuses them — update operator paths, a replacement's top level — the update parser does.
 pub(crate) fn validate_for_storage(doc: &Document) -> CommandResult<()> {
     check_depth(doc)?;
-    if let Some(k) = doc.keys().find(|k| k.starts_with('$')) {
-        return Err(CommandError::new(
-            ErrorCode::DollarPrefixedFieldName,
-            format!("The dollar ($) prefixed field '{k}' in '{k}' is not valid for storage."),
-        ));
-    }
     match doc.get("_id") {
         Some(id @ (Bson::Array(_) | Bson::RegularExpression(_) | Bson::Undefined)) => {
             Err(CommandError::new(
@@ -753,10 +748,7 @@ mod tests {
     #[test]
     fn storage_validation() {
         assert!(validate_for_storage(&doc! { "_id": 1, "a": { "$b": 1 } }).is_ok());
-        assert_eq!(
-            validate_for_storage(&doc! { "$a": 1 }).unwrap_err().code,
-            ErrorCode::DollarPrefixedFieldName
-        );
+        assert!(validate_for_storage(&doc! { "$a": 1, "b.c": 2 }).is_ok());
         assert_eq!(
             validate_for_storage(&doc! { "_id": [1] }).unwrap_err().code,
             ErrorCode::InvalidIdField
