@@ -71,6 +71,28 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
         db.stage_counters.count(&stages);
         return Ok(reply);
     }
+    if let Some(first) = stages.first().filter(|s| stage_name(s) == "$documents") {
+        let input = documents_stage(req, first)?;
+        let rest = stages[1..].to_vec();
+        let deadline = deadline_of(db, &req.body)?;
+        db.stage_counters.count(&stages);
+        let db_name = req.db.clone();
+        let docs = db
+            .store
+            .read(move |read| {
+                let mut pipeline = Pipeline::parse(&rest)?;
+                pipeline.resolve(&mut |coll| whole_collection(read, &db_name, coll, &deadline))?;
+                pipeline.run(input, &deadline)
+            })
+            .await?;
+        return first_batch(
+            db,
+            &format!("{}.$cmd.aggregate", req.db),
+            docs,
+            batch_size,
+            false,
+        );
+    }
     let ns = req.namespace().map_err(|_| {
         CommandError::new(
             ErrorCode::NotImplemented,
@@ -97,28 +119,7 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
                 _ => (None, &stages[..]),
             };
             let mut pipeline = Pipeline::parse(rest)?;
-            // `$lookup` / `$unionWith`: their collections, read in this same snapshot.
-            pipeline.resolve(&mut |coll| {
-                let foreign = Namespace::new(&ns.db, coll)?;
-                let Some(meta) = read.collection(&foreign)? else {
-                    return Ok(Vec::new());
-                };
-                let mut docs = Vec::new();
-                let mut budget = MemoryBudget::new("$lookup");
-                for_each_match(
-                    read,
-                    &meta,
-                    &Filter::default(),
-                    &deadline,
-                    &[],
-                    |_, _, doc| {
-                        budget.add(&doc)?;
-                        docs.push(doc);
-                        Ok(true)
-                    },
-                )?;
-                Ok(docs)
-            })?;
+            pipeline.resolve(&mut |coll| whole_collection(read, &ns.db, coll, &deadline))?;
             let Some(meta) = read.collection(&ns)? else {
                 return pipeline.run(Vec::new(), &deadline);
             };
@@ -134,6 +135,71 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
         })
         .await?;
     first_batch(db, &ns_text, docs, batch_size, false)
+}
+
+/// The documents of a database-level `aggregate` (`aggregate: 1`) whose first stage is
+/// `$documents`: an expression (usually a literal array) that evaluates to an array of
+/// documents. On a collection it is refused, as mongod refuses it.
+fn documents_stage(req: &Request<'_>, stage: &Bson) -> CommandResult<Vec<Document>> {
+    if !matches!(
+        req.body.iter().next(),
+        Some((_, Bson::Int32(1) | Bson::Int64(1)))
+    ) {
+        return Err(CommandError::new(
+            ErrorCode::InvalidNamespace,
+            "$documents can only be run with {aggregate: 1}",
+        ));
+    }
+    let spec = stage
+        .as_document()
+        .and_then(|d| d.get("$documents"))
+        .cloned()
+        .unwrap_or(Bson::Null);
+    let value = crate::query::expr::Expr::parse(&spec)?.eval(&Document::new())?;
+    let Some(Bson::Array(items)) = value else {
+        return Err(CommandError::type_mismatch(
+            "$documents must evaluate to an array of objects",
+        ));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Bson::Document(d) => Ok(d),
+            _ => Err(CommandError::type_mismatch(
+                "$documents must evaluate to an array of objects",
+            )),
+        })
+        .collect()
+}
+
+/// Every document of collection `coll` of database `db`, in `_id` order (none when it does
+/// not exist), held to the stage memory limit: what `$lookup` and `$unionWith` read, in the
+/// snapshot of the pipeline's own reads.
+fn whole_collection(
+    read: &crate::storage::ReadCtx,
+    db: &str,
+    coll: &str,
+    deadline: &crate::limits::Deadline,
+) -> CommandResult<Vec<Document>> {
+    let ns = Namespace::new(db, coll)?;
+    let Some(meta) = read.collection(&ns)? else {
+        return Ok(Vec::new());
+    };
+    let mut docs = Vec::new();
+    let mut budget = MemoryBudget::new("$lookup");
+    for_each_match(
+        read,
+        &meta,
+        &Filter::default(),
+        deadline,
+        &[],
+        |_, _, doc| {
+            budget.add(&doc)?;
+            docs.push(doc);
+            Ok(true)
+        },
+    )?;
+    Ok(docs)
 }
 
 /// Opens a change stream: answers at once with the events already available (usually none)
