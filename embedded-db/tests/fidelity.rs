@@ -5,24 +5,25 @@
 
 mod common;
 
+/// The code of a command error or of a write error; -1 for anything else.
+fn code(err: &mongodb::error::Error) -> i32 {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match err.kind.as_ref() {
+        ErrorKind::Command(c) => c.code,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
+        _ => -1,
+    }
+}
+
 /// Pipeline-style updates: an array of `$set`/`$addFields`, `$unset`, `$project`,
 /// `$replaceRoot`/`$replaceWith` stages on update, findAndModify and multi-statement updates.
 mod pipeline_updates {
     use futures::StreamExt;
     use mongodb::bson::{doc, Document};
-    use mongodb::error::ErrorKind;
     use mongodb::options::ReturnDocument;
     use mongodb::Collection;
 
-    use super::common;
-
-    fn code(err: &mongodb::error::Error) -> Option<i32> {
-        match err.kind.as_ref() {
-            ErrorKind::Command(c) => Some(c.code),
-            ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => Some(w.code),
-            _ => None,
-        }
-    }
+    use super::{code, common};
 
     async fn users(server: &common::TestServer) -> Collection<Document> {
         let users = server.db().collection::<Document>("users");
@@ -212,18 +213,18 @@ mod pipeline_updates {
                 .update_one(doc! { "_id": 1 }, pipeline.clone())
                 .await
                 .expect_err("refused");
-            assert_eq!(code(&err), Some(expected), "{pipeline:?}: {err}");
+            assert_eq!(code(&err), expected, "{pipeline:?}: {err}");
         }
         let err = users
             .update_one(doc! { "_id": 1 }, vec![doc! { "$bogus": {} }])
             .await
             .expect_err("unknown stage");
-        assert_eq!(code(&err), Some(40324), "{err}");
+        assert_eq!(code(&err), 40324, "{err}");
         let err = users
             .update_one(doc! { "_id": 1 }, vec![doc! { "$lookup": { "from": "x" } }])
             .await
             .expect_err("lookup");
-        assert_eq!(code(&err), Some(72), "{err}");
+        assert_eq!(code(&err), 72, "{err}");
         assert_eq!(
             users.find_one(doc! { "_id": 1 }).await.expect("find"),
             before
@@ -234,7 +235,6 @@ mod pipeline_updates {
 /// `explain` of the reads and writes mongosh explains, in the shape it reads.
 mod explain {
     use mongodb::bson::{doc, Document};
-    use mongodb::error::ErrorKind;
 
     use super::common;
 
@@ -376,12 +376,9 @@ mod explain {
     #[tokio::test]
     async fn bad_explains_are_refused() {
         let server = common::start().await;
-        let code = |result: mongodb::error::Result<Document>| match result {
-            Err(e) => match *e.kind {
-                ErrorKind::Command(c) => c.code,
-                _ => -1,
-            },
-            Ok(_) => 0,
+        // 0: answered.
+        let code = |result: mongodb::error::Result<Document>| {
+            result.map_or_else(|e| super::code(&e), |_| 0)
         };
         let db = server.db();
         assert_eq!(
@@ -471,7 +468,6 @@ mod expr {
 mod let_variables {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Document};
-    use mongodb::error::ErrorKind;
 
     use super::common;
 
@@ -557,11 +553,6 @@ mod let_variables {
     async fn bad_variables_get_mongods_codes() {
         let server = common::start().await;
         let c = server.db().collection::<Document>("items");
-        let code = |e: mongodb::error::Error| match *e.kind {
-            ErrorKind::Command(c) => c.code,
-            ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => w.code,
-            _ => -1,
-        };
         for (vars, expected) in [
             (doc! { "Limit": 1 }, 16867),
             (doc! { "a-b": 1 }, 16868),
@@ -572,14 +563,14 @@ mod let_variables {
                 .let_vars(vars.clone())
                 .await
                 .expect_err("refused");
-            assert_eq!(code(err), expected, "{vars}");
+            assert_eq!(super::code(&err), expected, "{vars}");
         }
         let err = server
             .db()
             .run_command(doc! { "find": "items", "let": 1 })
             .await
             .expect_err("refused");
-        assert_eq!(code(err), 14);
+        assert_eq!(super::code(&err), 14);
     }
 }
 
@@ -587,7 +578,6 @@ mod let_variables {
 mod joins {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Bson, Document};
-    use mongodb::error::ErrorKind;
 
     use super::common;
 
@@ -773,11 +763,7 @@ mod joins {
                 .aggregate([stage.clone()])
                 .await
                 .expect_err("refused");
-            let code = match *err.kind {
-                ErrorKind::Command(c) => c.code,
-                _ => -1,
-            };
-            assert_eq!(code, expected, "{stage}");
+            assert_eq!(super::code(&err), expected, "{stage}");
         }
     }
 }
@@ -786,7 +772,6 @@ mod joins {
 mod facet {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Document};
-    use mongodb::error::ErrorKind;
 
     use super::common;
 
@@ -852,11 +837,7 @@ mod facet {
             .aggregate([doc! { "$facet": { "inner": [{ "$facet": { "x": [] } }] } }])
             .await
             .expect_err("nested facet");
-        let code = match *err.kind {
-            ErrorKind::Command(c) => c.code,
-            _ => -1,
-        };
-        assert_eq!(code, 40600);
+        assert_eq!(super::code(&err), 40600);
     }
 }
 
@@ -864,17 +845,8 @@ mod facet {
 /// with `$setField` / `$unsetField`, refused in update operators.
 mod odd_field_names {
     use mongodb::bson::{doc, Document};
-    use mongodb::error::{ErrorKind, WriteFailure};
 
-    use super::common;
-
-    fn code(err: &mongodb::error::Error) -> i32 {
-        match err.kind.as_ref() {
-            ErrorKind::Command(c) => c.code,
-            ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
-            _ => -1,
-        }
-    }
+    use super::{code, common};
 
     #[tokio::test]
     async fn dollar_and_dotted_names_round_trip() {
@@ -942,7 +914,6 @@ mod odd_field_names {
 mod documents {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Document};
-    use mongodb::error::ErrorKind;
 
     use super::common;
 
@@ -977,20 +948,16 @@ mod documents {
             ]
         );
 
-        let code = |e: mongodb::error::Error| match *e.kind {
-            ErrorKind::Command(c) => c.code,
-            _ => -1,
-        };
         let on_collection = db
             .collection::<Document>("prices")
             .aggregate([doc! { "$documents": [{ "a": 1 }] }])
             .await
             .expect_err("refused");
-        assert_eq!(code(on_collection), 73);
+        assert_eq!(super::code(&on_collection), 73);
         let not_array = db
             .aggregate([doc! { "$documents": 5 }])
             .await
             .expect_err("refused");
-        assert_eq!(code(not_array), 14);
+        assert_eq!(super::code(&not_array), 14);
     }
 }
