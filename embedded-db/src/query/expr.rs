@@ -359,19 +359,21 @@ fn parse_field_op(name: &str, arg: &Bson) -> CommandResult<Expr> {
             ))),
         }
     };
-    let (spec, shorthand) = match arg {
-        Bson::Document(d) if !d.keys().any(|k| k.starts_with('$')) => (Some(d), None),
-        other if name == "$getField" => (None, Some(constant(other)?)),
+    let spec = match arg {
+        Bson::Document(d) if !d.keys().any(|k| k.starts_with('$')) => d,
+        // `$getField: <name>` reads the current document.
+        other if name == "$getField" => {
+            return Ok(Expr::GetField(
+                constant(other)?,
+                Box::new(Expr::Field(None)),
+            ))
+        }
         _ => {
             return Err(CommandError::bad_value(format!(
                 "{name} only supports an object as its argument"
             )))
         }
     };
-    if let Some(field) = shorthand {
-        return Ok(Expr::GetField(field, Box::new(Expr::Field(None))));
-    }
-    let spec = spec.ok_or_else(|| CommandError::bad_value(format!("{name} needs an object")))?;
     let allowed: &[&str] = match name {
         "$setField" => &["field", "input", "value"],
         _ => &["field", "input"],
