@@ -54,12 +54,20 @@ struct Lookup {
     fields: Option<(String, String)>,
     /// `let`: variables evaluated against each input document.
     vars: Document,
-    /// The raw stages; bound to each document's variables, then parsed and run.
-    pipeline: Option<Vec<Bson>>,
+    /// `pipeline`, if given.
+    pipeline: Option<JoinPipeline>,
     /// `as`: where the matches go.
     into: String,
     /// The documents of `from`, loaded by [`Pipeline::resolve`] before the run.
     foreign: Vec<Document>,
+}
+
+/// A `$lookup`'s pipeline: parsed once when it has no `let` variables; otherwise kept raw,
+/// then bound to each input document's values and parsed.
+#[derive(Debug, Clone)]
+enum JoinPipeline {
+    Fixed(Pipeline),
+    PerDocument(Vec<Bson>),
 }
 
 /// `$unionWith`: the documents of another collection (through a pipeline) after the input.
@@ -553,13 +561,18 @@ impl Lookup {
                 let mut probe = stages.clone();
                 let nulls: Document = vars.keys().map(|k| (k.clone(), Bson::Null)).collect();
                 super::variables::in_pipeline(&mut probe, &nulls);
-                if Pipeline::parse(&probe)?.reads_other_collections() {
+                let parsed = Pipeline::parse(&probe)?;
+                if parsed.reads_other_collections() {
                     return Err(CommandError::new(
                         ErrorCode::NotImplemented,
                         "a $lookup or $unionWith inside a $lookup pipeline is not supported by embedded-db",
                     ));
                 }
-                Some(stages.clone())
+                Some(if vars.is_empty() {
+                    JoinPipeline::Fixed(parsed)
+                } else {
+                    JoinPipeline::PerDocument(stages.clone())
+                })
             }
             Some(_) => {
                 return Err(CommandError::failed_to_parse(
@@ -619,7 +632,8 @@ impl Lookup {
                 None => self.foreign.clone(),
             };
             let matched = match &self.pipeline {
-                Some(stages) => {
+                Some(JoinPipeline::Fixed(pipeline)) => pipeline.run(candidates, deadline)?,
+                Some(JoinPipeline::PerDocument(stages)) => {
                     let vars = super::variables::values(&self.vars, &d)?;
                     let mut stages = stages.clone();
                     super::variables::in_pipeline(&mut stages, &vars);
