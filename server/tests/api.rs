@@ -145,12 +145,7 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn database_failure_is_a_500() {
     let db_dir = tempfile::tempdir().expect("temp dir");
-    let database = embedded_db::Server::start(embedded_db::Config::new(
-        "127.0.0.1:0".parse().expect("address"),
-        db_dir.path(),
-    ))
-    .await
-    .expect("database");
+    let database = common::start_database(db_dir.path()).await;
     let (running, base) = common::start_against(database.local_addr()).await;
     assert_eq!(get_json(&format!("{base}/api/users")).await.0, 200);
     database.shutdown().await;
@@ -248,12 +243,7 @@ async fn usernames_are_unique() {
 #[tokio::test]
 async fn duplicate_usernames_do_not_stop_start_up() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database = embedded_db::Server::start(embedded_db::Config::new(
-        "127.0.0.1:0".parse().expect("address"),
-        dir.path(),
-    ))
-    .await
-    .expect("database");
+    let database = common::start_database(dir.path()).await;
     let client = mongodb::Client::with_uri_str(database.uri())
         .await
         .expect("client");

@@ -208,6 +208,17 @@ pub async fn settle(reader: &mut SseReader) {
     {}
 }
 
+/// An embedded database on its own, on a free port over `dir` (for tests that stop it or seed
+/// it before the server starts).
+pub async fn start_database(dir: &std::path::Path) -> embedded_db::Server {
+    embedded_db::Server::start(embedded_db::Config::new(
+        "127.0.0.1:0".parse().expect("address"),
+        dir,
+    ))
+    .await
+    .expect("database")
+}
+
 /// Starts the app against a database it does not own (`MONGO_URI`), failing fast while that
 /// database is down. Returns the running app and its base URL.
 pub async fn start_against(db_addr: std::net::SocketAddr) -> (Running, String) {
