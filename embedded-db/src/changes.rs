@@ -181,6 +181,9 @@ pub(crate) struct ChangeStream {
     full_document: FullDocument,
     before_change: BeforeChange,
     pipeline: Option<Pipeline>,
+    /// `showExpandedEvents`: catalog events (`create`, `createIndexes`, `dropIndexes`,
+    /// `modify`), `collectionUUID`, `operationDescription` and `disambiguatedPaths`.
+    expanded: bool,
     /// Every change at or before this position has been examined.
     position: Position,
     /// Set once an `invalidate` was returned: the stream is over.
@@ -245,6 +248,9 @@ impl ChangeStream {
                 )))
             }
         };
+        let expanded = flag(options, "showExpandedEvents")?;
+        // Sharding events only: a replica set has none to show.
+        flag(options, "showSystemEvents")?;
         for stage in rest {
             let name = stage
                 .as_document()
@@ -269,6 +275,7 @@ impl ChangeStream {
             full_document,
             before_change,
             pipeline,
+            expanded,
             position,
             invalidated: false,
         })
@@ -347,10 +354,17 @@ impl ChangeStream {
         read: &impl ChangeSource,
     ) -> CommandResult<Vec<Document>> {
         let op = record.get_str("op").unwrap_or_default();
-        let ns = record.get_document("ns").ok();
-        let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or_default();
-        let coll = ns.and_then(|n| n.get_str("coll").ok());
-        if !self.scope.sees(db, coll) {
+        if !self.expanded && matches!(op, "create" | "createIndexes" | "dropIndexes" | "modify") {
+            return Ok(Vec::new());
+        }
+        // A rename is seen by streams on either side of it (the target's is invalidated too).
+        let seen = ["ns", "to"].iter().any(|side| {
+            let ns = record.get_document(side).ok();
+            let db = ns.and_then(|n| n.get_str("db").ok());
+            let coll = ns.and_then(|n| n.get_str("coll").ok());
+            db.is_some_and(|db| self.scope.sees(db, coll))
+        });
+        if !seen {
             return Ok(Vec::new());
         }
         let mut out = Vec::with_capacity(2);
@@ -395,6 +409,11 @@ impl ChangeStream {
             "clusterTime": timestamp_of(pos),
             "wallTime": record.get("wall").cloned().unwrap_or(Bson::Null),
         };
+        if self.expanded {
+            if let Some(uuid) = record.get("uuid") {
+                event.insert("collectionUUID", uuid.clone());
+            }
+        }
         let id = record.get("id").cloned();
         match op {
             "insert" | "replace" => {
@@ -419,8 +438,34 @@ impl ChangeStream {
         if let Some(id) = id {
             event.insert("documentKey", doc! { "_id": id });
         }
-        if let Some(description) = record.get("upd") {
-            event.insert("updateDescription", description.clone());
+        if let Ok(description) = record.get_document("upd") {
+            let mut description = description.clone();
+            // Stored only when an update had ambiguous paths; shown to expanded streams only.
+            let paths = description.remove("disambiguatedPaths");
+            if self.expanded {
+                let paths = paths.unwrap_or_else(|| Bson::Document(Document::new()));
+                description.insert("disambiguatedPaths", paths);
+            }
+            event.insert("updateDescription", description);
+        }
+        if self.expanded {
+            match (op, record.get("desc")) {
+                ("rename", _) => {
+                    let mut description =
+                        doc! { "to": record.get("to").cloned().unwrap_or(Bson::Null) };
+                    if let Some(dropped) = record.get("dropped") {
+                        description.insert("dropTarget", dropped.clone());
+                    }
+                    event.insert("operationDescription", description);
+                }
+                (_, Some(description)) => {
+                    event.insert("operationDescription", description.clone());
+                }
+                _ => {}
+            }
+            if let Some(before) = record.get("before") {
+                event.insert("stateBeforeChange", before.clone());
+            }
         }
         if matches!(op, "update" | "replace" | "delete") {
             match (self.before_change, record.get("pre")) {
@@ -484,6 +529,18 @@ impl ChangeStream {
             .with_label(NON_RESUMABLE));
         }
         Ok(Some(out))
+    }
+}
+
+/// A boolean `$changeStream` option (absent or null: false).
+fn flag(options: &Document, name: &str) -> CommandResult<bool> {
+    match options.get(name) {
+        None | Some(Bson::Null) => Ok(false),
+        Some(Bson::Boolean(b)) => Ok(*b),
+        Some(other) => Err(CommandError::type_mismatch(format!(
+            "BSON field '$changeStream.{name}' is the wrong type '{}', expected type 'bool'",
+            crate::query::compare::type_name(other)
+        ))),
     }
 }
 

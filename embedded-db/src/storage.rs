@@ -34,9 +34,11 @@ mod sessions;
 mod write;
 mod writer;
 
-pub(crate) use changelog::{position_of, timestamp_of, ChangeRecord, Position, RecentChanges};
+pub(crate) use changelog::{
+    position_of, timestamp_of, CatalogOp, ChangeRecord, Position, RecentChanges,
+};
 pub(crate) use read::{ReadCtx, Snapshot};
-pub(crate) use schema::{CollectionMeta, IndexMeta};
+pub(crate) use schema::{id_index_spec, CollectionMeta, IndexMeta, ID_INDEX};
 pub(crate) use sessions::RetryId;
 pub(crate) use write::WriteCtx;
 pub(crate) use writer::{Store, StoreError};

@@ -12,13 +12,9 @@ use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::{validate_db, Namespace};
 use crate::query::filter::Filter;
-use crate::storage::{ChangeRecord, CollectionMeta, IndexMeta, Snapshot};
-
-const ID_INDEX: &str = "_id_";
-
-fn id_index_spec() -> Document {
-    doc! { "v": 2, "key": { "_id": 1 }, "name": ID_INDEX }
-}
+use crate::storage::{
+    id_index_spec, CatalogOp, ChangeRecord, CollectionMeta, IndexMeta, Snapshot, WriteCtx, ID_INDEX,
+};
 
 fn not_found(ns: &Namespace) -> CommandError {
     CommandError::new(
@@ -65,7 +61,7 @@ pub(super) async fn drop_database(db: &Arc<Db>, req: &Request<'_>) -> CommandRes
                 for (coll, _) in collections {
                     ctx.drop_collection(&Namespace::new(&name, &coll)?)?;
                 }
-                ctx.record(&ChangeRecord::DropDatabase { db: name.clone() })?;
+                ctx.record(&ChangeRecord::DropDatabase { db: name.clone() }, None)?;
             }
             Ok(doc! { "dropped": name })
         })
@@ -192,16 +188,13 @@ pub(super) async fn rename_collection(db: &Arc<Db>, req: &Request<'_>) -> Comman
                     "Can't rename a collection to itself",
                 ));
             }
-            if ctx.collection(&to)?.is_some() {
-                if !drop_target {
-                    return Err(CommandError::new(
-                        ErrorCode::NamespaceExists,
-                        "target namespace exists",
-                    ));
-                }
-                ctx.drop_collection(&to)?;
+            if ctx.collection(&to)?.is_some() && !drop_target {
+                return Err(CommandError::new(
+                    ErrorCode::NamespaceExists,
+                    "target namespace exists",
+                ));
             }
-            ctx.rename_collection(&from, &to, &meta)?;
+            ctx.rename_collection(&from, &to, &meta, drop_target)?;
             Ok(Document::new())
         })
         .await
@@ -216,13 +209,41 @@ pub(super) async fn coll_mod(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
     db.store
         .write(move |ctx| {
             let mut meta = ctx.collection(&ns)?.ok_or_else(|| not_found(&ns))?;
-            for (key, value) in options {
-                meta.options.insert(key, value);
+            let mut before = doc! { "uuid": meta.uuid };
+            before.extend(meta.options.clone());
+            for (key, value) in &options {
+                meta.options.insert(key.clone(), value.clone());
             }
             ctx.save_collection(&ns, &meta)?;
+            record_catalog(
+                ctx,
+                CatalogOp::Modify,
+                &ns,
+                &meta,
+                options,
+                Some(doc! { "collectionOptions": before }),
+            )?;
             Ok(Document::new())
         })
         .await
+}
+
+/// Records a catalog change of `meta`'s collection (an event for `showExpandedEvents` streams).
+fn record_catalog(
+    ctx: &mut WriteCtx<'_>,
+    op: CatalogOp,
+    ns: &Namespace,
+    meta: &CollectionMeta,
+    description: Document,
+    before: Option<Document>,
+) -> CommandResult<()> {
+    let change = ChangeRecord::Catalog {
+        op,
+        ns: ns.clone(),
+        description,
+        before,
+    };
+    ctx.record(&change, Some(meta.uuid))
 }
 
 /// A validated index specification.
@@ -360,6 +381,8 @@ pub(super) async fn create_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandRe
                 }
                 let index = IndexMeta { id: ctx.new_index_id(), name, key, unique, spec };
                 ctx.build_index(&ns, &meta, &index)?;
+                let description = doc! { "indexes": [index.spec.clone()] };
+                record_catalog(ctx, CatalogOp::CreateIndexes, &ns, &meta, description, None)?;
                 meta.indexes.push(index);
             }
             ctx.save_collection(&ns, &meta)?;
@@ -406,6 +429,8 @@ pub(super) async fn drop_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandResu
                 if let Some(pos) = meta.indexes.iter().position(|i| i.name == name) {
                     let index = meta.indexes.remove(pos);
                     ctx.drop_index_entries(&index)?;
+                    let description = doc! { "indexes": [index.spec] };
+                    record_catalog(ctx, CatalogOp::DropIndexes, &ns, &meta, description, None)?;
                 }
             }
             ctx.save_collection(&ns, &meta)?;

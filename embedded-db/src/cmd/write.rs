@@ -331,17 +331,26 @@ impl UpdatePlan {
                 doc: new.clone(),
                 pre: images.then(|| old.clone()),
             },
-            UpdateSpec::Operators(_) | UpdateSpec::Pipeline(_) => ChangeRecord::Update {
-                ns: ns.clone(),
-                id,
-                description: doc! {
+            UpdateSpec::Operators(_) | UpdateSpec::Pipeline(_) => {
+                let whole_fields = matches!(self.spec, UpdateSpec::Pipeline(_));
+                let paths = applied.disambiguated_paths(old, &new, whole_fields);
+                let mut description = doc! {
                     "updatedFields": applied.updated_fields,
                     "removedFields": applied.removed_fields,
                     "truncatedArrays": applied.truncated_arrays,
-                },
-                pre: images.then(|| old.clone()),
-                post: images.then(|| new.clone()),
-            },
+                };
+                // Kept only when there is something to say (as mongod's update diff).
+                if !paths.is_empty() {
+                    description.insert("disambiguatedPaths", paths);
+                }
+                ChangeRecord::Update {
+                    ns: ns.clone(),
+                    id,
+                    description,
+                    pre: images.then(|| old.clone()),
+                    post: images.then(|| new.clone()),
+                }
+            }
         };
         ctx.replace(ns, meta, old, &new, &change)?;
         Ok((new, true))

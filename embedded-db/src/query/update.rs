@@ -112,6 +112,71 @@ pub(crate) struct UpdateOutcome {
     pub(crate) truncated_arrays: Vec<Document>,
 }
 
+impl UpdateOutcome {
+    /// mongod's `updateDescription.disambiguatedPaths`: each reported path that has a numeric
+    /// component (array index or field name) or a field name holding a dot, mapped to its
+    /// components, array indexes as integers and field names as strings. Updated paths are
+    /// resolved in `after`, removed ones in `before`. `whole_fields`: the reported paths are
+    /// top-level field names (pipeline updates), not dotted paths.
+    pub(crate) fn disambiguated_paths(
+        &self,
+        before: &Document,
+        after: &Document,
+        whole_fields: bool,
+    ) -> Document {
+        let mut out = Document::new();
+        let updated = self.updated_fields.keys().map(|p| (p, after));
+        let removed = self.removed_fields.iter().map(|p| (p, before));
+        for (reported, doc) in updated.chain(removed) {
+            let components = if whole_fields {
+                let ambiguous = reported.contains('.') || numeric_component(reported);
+                ambiguous.then(|| vec![Bson::String(reported.clone())])
+            } else {
+                dotted_components(reported, doc)
+            };
+            if let Some(components) = components {
+                out.insert(reported.clone(), components);
+            }
+        }
+        out
+    }
+}
+
+/// Whether a path component reads as an array index (digits, no leading zero).
+fn numeric_component(part: &str) -> bool {
+    array_index(part).is_some() && (part.len() == 1 || !part.starts_with('0'))
+}
+
+/// The components of dotted `path` as found in `doc` (indexes of arrays as Int32), or `None`
+/// when no component is numeric (then the path is not ambiguous).
+fn dotted_components(path: &str, doc: &Document) -> Option<Vec<Bson>> {
+    if !path.split('.').any(numeric_component) {
+        return None;
+    }
+    let mut at = Some(doc);
+    let mut in_array: Option<&Vec<Bson>> = None;
+    let mut components = Vec::new();
+    for part in path.split('.') {
+        let index = in_array.and(array_index(part));
+        let value = match (index, in_array) {
+            (Some(i), Some(items)) => {
+                components.push(Bson::Int32(i32::try_from(i).unwrap_or(i32::MAX)));
+                items.get(i)
+            }
+            _ => {
+                components.push(Bson::String(part.to_owned()));
+                at.and_then(|d| d.get(part))
+            }
+        };
+        (at, in_array) = match value {
+            Some(Bson::Document(d)) => (Some(d), None),
+            Some(Bson::Array(items)) => (None, Some(items)),
+            _ => (None, None),
+        };
+    }
+    Some(components)
+}
+
 const MODIFIERS: [&str; 15] = [
     "$set",
     "$setOnInsert",
@@ -364,6 +429,46 @@ mod tests {
 
     fn code(mut d: Document, u: Document) -> ErrorCode {
         upd(&mut d, u).unwrap_err().code
+    }
+
+    #[test]
+    fn ambiguous_paths_are_spelled_out() {
+        let disambiguated = |before: Document, u: Document| {
+            let mut d = before.clone();
+            let out = upd(&mut d, u).expect("applies");
+            out.disambiguated_paths(&before, &d, false)
+        };
+        assert_eq!(
+            disambiguated(doc! { "a": { "1": 1 } }, doc! { "$set": { "a.1": 2 } }),
+            doc! { "a.1": ["a", "1"] }
+        );
+        assert_eq!(
+            disambiguated(doc! { "a": [{ "1": 1 }] }, doc! { "$set": { "a.0.1": 2 } }),
+            doc! { "a.0.1": ["a", 0, "1"] }
+        );
+        assert_eq!(
+            disambiguated(doc! { "a": [1, 2] }, doc! { "$unset": { "a.1": "" } }),
+            doc! { "a.1": ["a", 1] },
+            "a removed path is resolved in the document before"
+        );
+        assert_eq!(
+            disambiguated(
+                doc! { "a": { "b": 1 }, "c": 1 },
+                doc! { "$set": { "a.b": 2, "a.01": 3 }, "$unset": { "c": "" } }
+            ),
+            Document::new(),
+            "no numeric component (a leading zero is a name), nothing to say"
+        );
+        let pipeline = UpdateOutcome {
+            modified: true,
+            updated_fields: doc! { "a.b": 1, "7": 2, "plain": 3 },
+            ..UpdateOutcome::default()
+        };
+        assert_eq!(
+            pipeline.disambiguated_paths(&Document::new(), &Document::new(), true),
+            doc! { "a.b": ["a.b"], "7": ["7"] },
+            "a pipeline reports whole field names"
+        );
     }
 
     #[test]

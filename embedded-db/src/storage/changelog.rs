@@ -42,14 +42,73 @@ pub(crate) enum ChangeRecord {
     },
     /// A collection was dropped.
     Drop { ns: Namespace },
-    /// A collection was renamed.
-    Rename { from: Namespace, to: Namespace },
+    /// A collection was renamed; `dropped` is the UUID of the target it replaced (`dropTarget`).
+    Rename {
+        from: Namespace,
+        to: Namespace,
+        dropped: Option<bson::Uuid>,
+    },
     /// A database was dropped (after a `Drop` for each of its collections).
     DropDatabase { db: String },
+    /// A catalog change that only streams opened with `showExpandedEvents` see.
+    Catalog {
+        op: CatalogOp,
+        ns: Namespace,
+        /// The event's `operationDescription`.
+        description: Document,
+        /// The event's `stateBeforeChange` (`modify` only).
+        before: Option<Document>,
+    },
+}
+
+/// The catalog changes reported to `showExpandedEvents` streams, named as their events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatalogOp {
+    /// A collection was created (explicitly or by its first write).
+    Create,
+    /// One index was built.
+    CreateIndexes,
+    /// One index was dropped.
+    DropIndexes,
+    /// `collMod` changed the collection's options.
+    Modify,
+}
+
+impl CatalogOp {
+    /// The event's `operationType`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::CreateIndexes => "createIndexes",
+            Self::DropIndexes => "dropIndexes",
+            Self::Modify => "modify",
+        }
+    }
 }
 
 impl ChangeRecord {
-    pub(super) fn to_document(&self, wall: bson::DateTime) -> Document {
+    /// The namespaces whose snapshots this change makes stale.
+    pub(super) fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        let (first, second) = match self {
+            Self::Insert { ns, .. }
+            | Self::Update { ns, .. }
+            | Self::Replace { ns, .. }
+            | Self::Delete { ns, .. }
+            | Self::Drop { ns }
+            | Self::Catalog { ns, .. } => (Some(ns), None),
+            Self::Rename { from, to, .. } => (Some(from), Some(to)),
+            Self::DropDatabase { .. } => (None, None),
+        };
+        first.into_iter().chain(second)
+    }
+
+    /// The stored record; `collection` is the UUID of the collection changed (the events'
+    /// `collectionUUID`).
+    pub(super) fn to_document(
+        &self,
+        wall: bson::DateTime,
+        collection: Option<bson::Uuid>,
+    ) -> Document {
         fn ns_doc(ns: &Namespace) -> Document {
             doc! { "db": &ns.db, "coll": &ns.coll }
         }
@@ -88,11 +147,30 @@ impl ChangeRecord {
                 d
             }
             Self::Drop { ns } => doc! { "op": "drop", "ns": ns_doc(ns) },
-            Self::Rename { from, to } => {
-                doc! { "op": "rename", "ns": ns_doc(from), "to": ns_doc(to) }
+            Self::Rename { from, to, dropped } => {
+                let mut d = doc! { "op": "rename", "ns": ns_doc(from), "to": ns_doc(to) };
+                if let Some(dropped) = dropped {
+                    d.insert("dropped", *dropped);
+                }
+                d
             }
             Self::DropDatabase { db } => doc! { "op": "dropDatabase", "ns": { "db": db } },
+            Self::Catalog {
+                op,
+                ns,
+                description,
+                before,
+            } => {
+                let mut d = doc! { "op": op.name(), "ns": ns_doc(ns), "desc": description.clone() };
+                if let Some(before) = before {
+                    d.insert("before", before.clone());
+                }
+                d
+            }
         };
+        if let Some(uuid) = collection {
+            d.insert("uuid", uuid);
+        }
         d.insert("wall", wall);
         d
     }

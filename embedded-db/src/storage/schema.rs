@@ -65,6 +65,14 @@ pub(crate) struct IndexMeta {
     pub(crate) spec: Document,
 }
 
+/// The specification of the implicit `_id` index, as `listIndexes` and `create` events show it.
+pub(crate) fn id_index_spec() -> Document {
+    doc! { "v": 2, "key": { "_id": 1 }, "name": ID_INDEX }
+}
+
+/// The name of the implicit `_id` index.
+pub(crate) const ID_INDEX: &str = "_id_";
+
 pub(super) fn id_to_key(id: i64) -> u64 {
     u64::try_from(id).unwrap_or(0)
 }

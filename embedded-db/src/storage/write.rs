@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use bson::{doc, Bson, Document};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-use super::changelog::{ChangeRecord, Position};
+use super::changelog::{CatalogOp, ChangeRecord, Position};
 use super::read::Snapshot;
 use super::schema::{
-    duplicate_key, encode_document, id_to_key, index_keys, CollectionMeta, IndexMeta, CATALOG,
-    CHANGES, DOCUMENTS, UNIQUE_KEYS,
+    duplicate_key, encode_document, id_index_spec, id_to_key, index_keys, CollectionMeta,
+    IndexMeta, CATALOG, CHANGES, DOCUMENTS, ID_INDEX, UNIQUE_KEYS,
 };
 use super::writer::{storage_error, Counters};
 use crate::error::{CommandError, CommandResult, ErrorCode};
@@ -92,7 +92,8 @@ impl WriteCtx<'_> {
         i64::try_from(id).unwrap_or(i64::MAX)
     }
 
-    /// Creates the collection; `NamespaceExists` (48) if it already exists.
+    /// Creates the collection, recording a `create` change; `NamespaceExists` (48) if it
+    /// already exists.
     pub(crate) fn create_collection(
         &mut self,
         ns: &Namespace,
@@ -104,6 +105,8 @@ impl WriteCtx<'_> {
                 format!("Collection {ns} already exists."),
             ));
         }
+        let mut description = doc! { "idIndex": id_index_spec() };
+        description.extend(options.clone());
         let meta = CollectionMeta {
             id: self.next_id(),
             uuid: bson::Uuid::new(),
@@ -111,6 +114,15 @@ impl WriteCtx<'_> {
             indexes: Vec::new(),
         };
         self.save_collection(ns, &meta)?;
+        self.record(
+            &ChangeRecord::Catalog {
+                op: CatalogOp::Create,
+                ns: ns.clone(),
+                description,
+                before: None,
+            },
+            Some(meta.uuid),
+        )?;
         Ok(meta)
     }
 
@@ -154,6 +166,15 @@ impl WriteCtx<'_> {
         &mut self,
         ns: &Namespace,
     ) -> CommandResult<Option<CollectionMeta>> {
+        let dropped = self.remove_collection(ns)?;
+        if let Some(meta) = &dropped {
+            self.record(&ChangeRecord::Drop { ns: ns.clone() }, Some(meta.uuid))?;
+        }
+        Ok(dropped)
+    }
+
+    /// Removes the collection with its documents and index keys, without a change record.
+    fn remove_collection(&mut self, ns: &Namespace) -> CommandResult<Option<CollectionMeta>> {
         let Some(meta) = self.collection(ns)? else {
             return Ok(None);
         };
@@ -167,7 +188,6 @@ impl WriteCtx<'_> {
         for index in &meta.indexes {
             self.clear_range(UNIQUE_KEYS, id_to_key(index.id))?;
         }
-        self.record(&ChangeRecord::Drop { ns: ns.clone() })?;
         Ok(Some(meta))
     }
 
@@ -184,13 +204,21 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
-    /// Renames a collection (documents keep their key prefix), recording a `rename` change.
+    /// Renames a collection (documents keep their key prefix), recording one `rename` change;
+    /// with `drop_target` an existing target is removed first (named in the record, not
+    /// recorded as a `drop` of its own, as mongod's one oplog entry does).
     pub(crate) fn rename_collection(
         &mut self,
         from: &Namespace,
         to: &Namespace,
         meta: &CollectionMeta,
+        drop_target: bool,
     ) -> CommandResult<()> {
+        let dropped = if drop_target {
+            self.remove_collection(to)?.map(|target| target.uuid)
+        } else {
+            None
+        };
         {
             let mut catalog = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
             catalog
@@ -198,10 +226,14 @@ impl WriteCtx<'_> {
                 .map_err(|e| self.fail(e))?;
         }
         self.save_collection(to, meta)?;
-        self.record(&ChangeRecord::Rename {
-            from: from.clone(),
-            to: to.clone(),
-        })
+        self.record(
+            &ChangeRecord::Rename {
+                from: from.clone(),
+                to: to.clone(),
+                dropped,
+            },
+            Some(meta.uuid),
+        )
     }
 
     /// Inserts a new document (its `_id` must be set), enforcing the `_id` and unique indexes,
@@ -225,7 +257,7 @@ impl WriteCtx<'_> {
             {
                 return Err(duplicate_key(
                     ns,
-                    "_id_",
+                    ID_INDEX,
                     &doc! { "_id": 1 },
                     &doc! { "_id": id },
                 ));
@@ -236,11 +268,14 @@ impl WriteCtx<'_> {
                 .insert((meta.key_prefix(), id_key.as_slice()), bytes.as_slice())
                 .map_err(|e| self.fail(e))?;
         }
-        self.record(&ChangeRecord::Insert {
-            ns: ns.clone(),
-            id,
-            doc,
-        })
+        self.record(
+            &ChangeRecord::Insert {
+                ns: ns.clone(),
+                id,
+                doc,
+            },
+            Some(meta.uuid),
+        )
     }
 
     /// Replaces `old` by `new` (same `_id`), keeping unique indexes right, and records `change`.
@@ -267,7 +302,7 @@ impl WriteCtx<'_> {
                 .insert((meta.key_prefix(), id_key.as_slice()), bytes.as_slice())
                 .map_err(|e| self.fail(e))?;
         }
-        self.record(change)
+        self.record(change, Some(meta.uuid))
     }
 
     /// Deletes `doc` and records a `delete` change.
@@ -287,11 +322,14 @@ impl WriteCtx<'_> {
                 .map_err(|e| self.fail(e))?;
         }
         let pre = meta.keeps_images().then(|| doc.clone());
-        self.record(&ChangeRecord::Delete {
-            ns: ns.clone(),
-            id,
-            pre,
-        })
+        self.record(
+            &ChangeRecord::Delete {
+                ns: ns.clone(),
+                id,
+                pre,
+            },
+            Some(meta.uuid),
+        )
     }
 
     /// Adds the entries of a new unique index for every existing document; 11000 on a clash,
@@ -404,10 +442,15 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
-    /// Appends a change record at the next cluster time, in this transaction.
-    pub(crate) fn record(&mut self, change: &ChangeRecord) -> CommandResult<()> {
+    /// Appends a change record at the next cluster time, in this transaction; `collection` is
+    /// the UUID of the collection it changes (none for a database-wide change).
+    pub(crate) fn record(
+        &mut self,
+        change: &ChangeRecord,
+        collection: Option<bson::Uuid>,
+    ) -> CommandResult<()> {
         let pos = self.counters.next_position();
-        let record = change.to_document(self.wall);
+        let record = change.to_document(self.wall, collection);
         let bytes = bson::to_vec(&record).map_err(|e| self.fail(e))?;
         {
             let mut table = self.txn.open_table(CHANGES).map_err(|e| self.fail(e))?;
@@ -417,17 +460,8 @@ impl WriteCtx<'_> {
         }
         self.counters.change_count += 1;
         self.written.push((pos, record));
-        match change {
-            ChangeRecord::Insert { ns, .. }
-            | ChangeRecord::Update { ns, .. }
-            | ChangeRecord::Replace { ns, .. }
-            | ChangeRecord::Delete { ns, .. }
-            | ChangeRecord::Drop { ns } => self.touched.mark(ns, pos),
-            ChangeRecord::Rename { from, to } => {
-                self.touched.mark(from, pos);
-                self.touched.mark(to, pos);
-            }
-            ChangeRecord::DropDatabase { .. } => {}
+        for ns in change.namespaces() {
+            self.touched.mark(ns, pos);
         }
         Ok(())
     }
