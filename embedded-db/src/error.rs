@@ -130,6 +130,36 @@ pub enum ErrorCode {
     ChangeStreamBadResumeToken = 40647,
     /// A pipeline has more stages than allowed.
     PipelineTooLong = 7749501,
+    /// `$merge` with `whenNotMatched: "fail"` met a document with no match.
+    MergeNoMatchingDocument = 13113,
+    /// `$out` takes a collection name or `{db, coll}`.
+    OutBadArgument = 16990,
+    /// `$out` cannot write to a `system.` collection.
+    OutSpecialCollection = 17385,
+    /// `$merge` cannot write to a `system.` collection.
+    MergeSpecialCollection = 31319,
+    /// `$out`/`$merge` inside a `$unionWith` pipeline.
+    WriteStageInUnionWith = 31441,
+    /// A required field of a stage or command is missing.
+    MissingField = 40414,
+    /// `$out`/`$merge` must be the last stage of the pipeline.
+    WriteStageNotLast = 40601,
+    /// `$out`/`$merge` inside a `$lookup` pipeline.
+    WriteStageInLookup = 51047,
+    /// A `$merge` result lacks an `on` field (or holds null or an array there).
+    MergeOnFieldInvalid = 51132,
+    /// `$merge`'s `into` is not a string or a document.
+    MergeBadInto = 51178,
+    /// `$merge`'s `on` fields are not covered by a unique index.
+    MergeOnNotUnique = 51183,
+    /// `$merge`'s `on` is not a string or an array of strings.
+    MergeBadOn = 51186,
+    /// `$merge`'s `whenMatched` is not a string or a pipeline.
+    MergeBadWhenMatched = 51191,
+    /// `$merge`'s `let` needs a pipeline `whenMatched`.
+    MergeLetWithoutPipeline = 51199,
+    /// `$mergeObjects` met an input that is not a document.
+    MergeObjectsNotObject = 40400,
 }
 
 impl ErrorCode {
@@ -197,6 +227,21 @@ impl ErrorCode {
             Self::UnknownField => "Location40415",
             Self::ChangeStreamBadResumeToken => "Location40647",
             Self::PipelineTooLong => "Location7749501",
+            Self::MergeNoMatchingDocument => "MergeStageNoMatchingDocument",
+            Self::OutBadArgument => "Location16990",
+            Self::OutSpecialCollection => "Location17385",
+            Self::MergeSpecialCollection => "Location31319",
+            Self::WriteStageInUnionWith => "Location31441",
+            Self::MissingField => "Location40414",
+            Self::WriteStageNotLast => "Location40601",
+            Self::WriteStageInLookup => "Location51047",
+            Self::MergeOnFieldInvalid => "Location51132",
+            Self::MergeBadInto => "Location51178",
+            Self::MergeOnNotUnique => "Location51183",
+            Self::MergeBadOn => "Location51186",
+            Self::MergeBadWhenMatched => "Location51191",
+            Self::MergeLetWithoutPipeline => "Location51199",
+            Self::MergeObjectsNotObject => "Location40400",
         }
     }
 
@@ -272,6 +317,21 @@ impl ErrorCode {
             ErrorCode::QueryExceededMemoryLimitNoDiskUseAllowed,
             ErrorCode::UnknownField,
             ErrorCode::PipelineTooLong,
+            ErrorCode::MergeNoMatchingDocument,
+            ErrorCode::OutBadArgument,
+            ErrorCode::OutSpecialCollection,
+            ErrorCode::MergeSpecialCollection,
+            ErrorCode::WriteStageInUnionWith,
+            ErrorCode::MissingField,
+            ErrorCode::WriteStageNotLast,
+            ErrorCode::WriteStageInLookup,
+            ErrorCode::MergeOnFieldInvalid,
+            ErrorCode::MergeBadInto,
+            ErrorCode::MergeOnNotUnique,
+            ErrorCode::MergeBadOn,
+            ErrorCode::MergeBadWhenMatched,
+            ErrorCode::MergeLetWithoutPipeline,
+            ErrorCode::MergeObjectsNotObject,
         ];
         ALL.iter().copied().find(|c| c.code() == code)
     }

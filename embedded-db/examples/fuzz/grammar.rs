@@ -435,7 +435,7 @@ fn insert_document(rng: &mut Rng) -> Document {
 }
 
 fn stage(rng: &mut Rng) -> Document {
-    match rng.below(17) {
+    match rng.below(18) {
         0 | 1 => doc! { "$match": filter(rng, 2) },
         2 => doc! { "$project": projection(rng) },
         3 => doc! { *rng.pick(&["$addFields", "$set"]): { path(rng): expr(rng, 3) } },
@@ -467,14 +467,52 @@ fn stage(rng: &mut Rng) -> Document {
             doc! { *rng.pick(&["$lookup", "$facet", "$sortByCount", "$sample", "$out", "$bogus"]): value(rng) }
         }
         15 => doc! { "$changeStream": change_stream_options(rng) },
+        16 => write_stage(rng),
         _ => {
             doc! { "$match": { path(rng): { "$in": (0..rng.small(5)).map(|_| value(rng)).collect::<Vec<_>>() } } }
         }
     }
 }
 
+/// `$out` or `$merge`, mostly well formed, into one of the fuzzed collections.
+fn write_stage(rng: &mut Rng) -> Document {
+    if rng.percent(40) {
+        let target = if rng.percent(80) {
+            Bson::from(coll(rng))
+        } else {
+            value(rng)
+        };
+        return doc! { "$out": target };
+    }
+    let mut spec = doc! { "into": coll(rng) };
+    if rng.percent(30) {
+        spec.insert("on", *rng.pick(&["_id", "a", "n", "s"]));
+    }
+    if rng.percent(60) {
+        let when_matched = match rng.below(6) {
+            0 => bson::bson!([{ "$set": { path(rng): expr(rng, 2) } }]),
+            1 => value(rng),
+            _ => Bson::from(*rng.pick(&["replace", "keepExisting", "merge", "fail"])),
+        };
+        spec.insert("whenMatched", when_matched);
+    }
+    if rng.percent(40) {
+        spec.insert(
+            "whenNotMatched",
+            *rng.pick(&["insert", "discard", "fail", "x"]),
+        );
+    }
+    if rng.percent(10) {
+        spec.insert("let", doc! { "v": expr(rng, 2) });
+    }
+    doc! { "$merge": spec }
+}
+
 fn change_stream_options(rng: &mut Rng) -> Document {
     let mut out = Document::new();
+    if rng.percent(30) {
+        out.insert("showExpandedEvents", rng.percent(90));
+    }
     if rng.percent(40) {
         out.insert(
             "fullDocument",

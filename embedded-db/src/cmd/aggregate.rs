@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bson::{Bson, Document};
 
 use super::generic::deadline_of;
-use super::{cursor_reply, first_batch, opt_count, opt_document, read::for_each_match, Request};
+use super::{
+    cursor_reply, first_batch, opt_bool, opt_count, opt_document, read::for_each_match, Request,
+};
 use crate::changes::{ChangeStream, Scope};
 use crate::cursor::{Cursor, CursorKind};
 use crate::db::Db;
@@ -17,9 +19,11 @@ use crate::query::aggregate::Pipeline;
 use crate::query::filter::Filter;
 use crate::storage::Snapshot;
 
+mod output;
+
 /// Implements `aggregate`.
 pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
-    let stages: Vec<Bson> = match req.body.get("pipeline") {
+    let mut stages: Vec<Bson> = match req.body.get("pipeline") {
         Some(Bson::Array(stages)) => stages.clone(),
         _ => {
             return Err(CommandError::type_mismatch(
@@ -71,11 +75,33 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
         db.stage_counters.count(&stages);
         return Ok(reply);
     }
-    if let Some(first) = stages.first().filter(|s| stage_name(s) == "$documents") {
+    // Counted as parsed, as mongod counts them (a pipeline that fails later still counts).
+    db.stage_counters.count(&stages);
+    let write_stage = output::WriteStage::take(&mut stages, &req.db)?;
+    let bypass_validation = opt_bool(&req.body, "bypassDocumentValidation")?.unwrap_or(false);
+    let (ns_text, docs) = run_pipeline(db, req, stages).await?;
+    match write_stage {
+        Some(stage) => {
+            stage.write(db, docs, bypass_validation).await?;
+            first_batch(db, &ns_text, Vec::new(), batch_size, false)
+        }
+        None => first_batch(db, &ns_text, docs, batch_size, false),
+    }
+}
+
+/// Runs a read pipeline (over a collection, or from `$documents`): the cursor namespace and
+/// the results.
+async fn run_pipeline(
+    db: &Arc<Db>,
+    req: &Request<'_>,
+    stages: Vec<Bson>,
+) -> CommandResult<(String, Vec<Document>)> {
+    let deadline = deadline_of(db, &req.body)?;
+    let first = stages.first().and_then(Bson::as_document);
+    if let Some(first) = first.filter(|s| s.keys().next().map(String::as_str) == Some("$documents"))
+    {
         let input = documents_stage(req, first)?;
         let rest = stages[1..].to_vec();
-        let deadline = deadline_of(db, &req.body)?;
-        db.stage_counters.count(&stages);
         let db_name = req.db.clone();
         let docs = db
             .store
@@ -85,13 +111,7 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
                 pipeline.run(input, &deadline)
             })
             .await?;
-        return first_batch(
-            db,
-            &format!("{}.$cmd.aggregate", req.db),
-            docs,
-            batch_size,
-            false,
-        );
+        return Ok((format!("{}.$cmd.aggregate", req.db), docs));
     }
     let ns = req.namespace().map_err(|_| {
         CommandError::new(
@@ -100,9 +120,6 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
         )
     })?;
     let ns_text = ns.to_string();
-    let deadline = deadline_of(db, &req.body)?;
-    // Counted as parsed, as mongod counts them (a pipeline that fails later still counts).
-    db.stage_counters.count(&stages);
     let docs = db
         .store
         .read(move |read| {
@@ -134,13 +151,13 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
             )
         })
         .await?;
-    first_batch(db, &ns_text, docs, batch_size, false)
+    Ok((ns_text, docs))
 }
 
 /// The documents of a database-level `aggregate` (`aggregate: 1`) whose first stage is
 /// `$documents`: an expression (usually a literal array) that evaluates to an array of
 /// documents. On a collection it is refused, as mongod refuses it.
-fn documents_stage(req: &Request<'_>, stage: &Bson) -> CommandResult<Vec<Document>> {
+fn documents_stage(req: &Request<'_>, stage: &Document) -> CommandResult<Vec<Document>> {
     if !matches!(
         req.body.iter().next(),
         Some((_, Bson::Int32(1) | Bson::Int64(1)))
@@ -150,11 +167,7 @@ fn documents_stage(req: &Request<'_>, stage: &Bson) -> CommandResult<Vec<Documen
             "$documents can only be run with {aggregate: 1}",
         ));
     }
-    let spec = stage
-        .as_document()
-        .and_then(|d| d.get("$documents"))
-        .cloned()
-        .unwrap_or(Bson::Null);
+    let spec = stage.get("$documents").cloned().unwrap_or(Bson::Null);
     let value = crate::query::expr::Expr::parse(&spec)?.eval(&Document::new())?;
     let Some(Bson::Array(items)) = value else {
         return Err(CommandError::type_mismatch(

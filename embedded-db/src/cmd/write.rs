@@ -46,7 +46,7 @@ const OPTIMISTIC_TRIES: usize = 3;
 
 /// `doc` with `_id` as its first field, generating an ObjectId when it has none
 /// (MongoDB stores `_id` first whatever order the client sent).
-fn with_id_first(doc: Document) -> Document {
+pub(super) fn with_id_first(doc: Document) -> Document {
     if doc.keys().next().map(String::as_str) == Some("_id") {
         return doc;
     }
@@ -205,6 +205,43 @@ pub(super) async fn insert(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Doc
     })
     .await?;
     reply.ok_or_else(|| CommandError::internal("insert produced no reply"))
+}
+
+/// Inserts `doc` into `meta`'s collection as the `insert` command would (an `_id` first,
+/// storage rules, the validator, unique indexes), recording the change.
+pub(super) fn insert_document(
+    ctx: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    meta: &CollectionMeta,
+    validator: Option<&Validator>,
+    doc: Document,
+) -> CommandResult<()> {
+    let doc = with_id_first(doc);
+    validate_for_storage(&doc)?;
+    check_valid(validator, &doc, None)?;
+    ctx.insert(ns, meta, doc)
+}
+
+/// Applies `spec` to `old`, a document of `meta`'s collection, as an update statement would
+/// (storage rules, the validator, unique indexes), recording the change when there is one.
+pub(super) fn update_document(
+    ctx: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    meta: &CollectionMeta,
+    validator: Option<&Validator>,
+    old: &Document,
+    spec: UpdateSpec,
+) -> CommandResult<()> {
+    let plan = UpdatePlan {
+        filter: Arc::new(Filter::default()),
+        query: Document::new(),
+        spec,
+        array_filters: Vec::new(),
+        upsert: false,
+        multi: false,
+        sort: None,
+    };
+    plan.apply(ctx, ns, meta, validator, old).map(|_| ())
 }
 
 fn check_valid(

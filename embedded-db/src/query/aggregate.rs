@@ -80,13 +80,11 @@ struct UnionWith {
 }
 
 /// MongoDB stages this server knows of but does not run.
-const UNSUPPORTED: [&str; 11] = [
+const UNSUPPORTED: [&str; 9] = [
     "$graphLookup",
     "$bucket",
     "$bucketAuto",
     "$sample",
-    "$out",
-    "$merge",
     "$geoNear",
     "$sortByCount",
     "$setWindowFields",
@@ -343,6 +341,13 @@ fn parse_stage(name: &str, arg: &Bson) -> CommandResult<Stage> {
             None => return Err(CommandError::bad_value("no newRoot specified for the $replaceRoot stage")),
         },
         "$replaceWith" => Stage::ReplaceRoot(Expr::parse(arg)?),
+        // The `aggregate` command takes a final one off before parsing (`cmd::aggregate`).
+        "$out" | "$merge" => {
+            return Err(CommandError::new(
+                ErrorCode::WriteStageNotLast,
+                format!("{name} can only be the final stage in the pipeline"),
+            ))
+        }
         _ if UNSUPPORTED.contains(&name) || name == "$changeStream" => {
             return Err(CommandError::new(
                 ErrorCode::NotImplemented,
@@ -558,6 +563,7 @@ impl Lookup {
             Some(Bson::Array(stages)) => {
                 // Checked now, with every variable bound to null: a stage that cannot parse
                 // fails the command, not the first document it meets.
+                refuse_write_stages(stages, ErrorCode::WriteStageInLookup, "$lookup")?;
                 let mut probe = stages.clone();
                 let nulls: Document = vars.keys().map(|k| (k.clone(), Bson::Null)).collect();
                 super::variables::in_pipeline(&mut probe, &nulls);
@@ -654,6 +660,23 @@ impl Lookup {
     }
 }
 
+/// Refuses `$out` and `$merge` in the sub-pipeline of stage `within` with mongod's `code`.
+fn refuse_write_stages(stages: &[Bson], code: ErrorCode, within: &str) -> CommandResult<()> {
+    let names = stages
+        .iter()
+        .filter_map(|s| s.as_document().and_then(|d| d.keys().next()));
+    match names
+        .into_iter()
+        .find(|n| matches!(n.as_str(), "$out" | "$merge"))
+    {
+        Some(name) => Err(CommandError::new(
+            code,
+            format!("{name} is not allowed within a {within}'s sub-pipeline"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `$facet`'s named pipelines; mongod refuses an empty spec, a non-array facet and the stages
 /// that cannot run inside one (`$facet`, `$out`, `$merge`, `$changeStream`: 40600).
 fn parse_facet(spec: &Document) -> CommandResult<Vec<(String, Pipeline)>> {
@@ -696,7 +719,14 @@ impl UnionWith {
                 })?;
                 let pipeline = match spec.get("pipeline") {
                     None => None,
-                    Some(Bson::Array(stages)) => Some(Pipeline::parse(stages)?),
+                    Some(Bson::Array(stages)) => {
+                        refuse_write_stages(
+                            stages,
+                            ErrorCode::WriteStageInUnionWith,
+                            "$unionWith",
+                        )?;
+                        Some(Pipeline::parse(stages)?)
+                    }
                     Some(_) => {
                         return Err(CommandError::failed_to_parse(
                             "$unionWith 'pipeline' must be an array",
@@ -1367,7 +1397,15 @@ mod tests {
         assert_eq!(e.code, ErrorCode::UnrecognizedPipelineStage);
         assert_eq!(e.msg, "Unrecognized pipeline stage name: '$foo'");
         assert_eq!(
-            run(bson!([{ "$out": "x" }]), vec![]).unwrap_err().code,
+            run(bson!([{ "$out": "x" }, { "$match": {} }]), vec![])
+                .unwrap_err()
+                .code,
+            ErrorCode::WriteStageNotLast
+        );
+        assert_eq!(
+            run(bson!([{ "$sample": { "size": 1 } }]), vec![])
+                .unwrap_err()
+                .code,
             ErrorCode::NotImplemented
         );
         assert_eq!(

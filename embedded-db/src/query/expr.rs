@@ -78,6 +78,8 @@ pub(crate) enum Operator {
     Size,
     /// `$in`
     In,
+    /// `$mergeObjects`
+    MergeObjects,
 }
 
 impl Operator {
@@ -104,6 +106,7 @@ impl Operator {
             "$not" => O::Not,
             "$size" => O::Size,
             "$in" => O::In,
+            "$mergeObjects" => O::MergeObjects,
             _ => return None,
         })
     }
@@ -124,7 +127,7 @@ impl Operator {
             | O::Cmp
             | O::In => (2, 2),
             O::IfNull => (2, usize::MAX),
-            O::Add | O::Multiply | O::Concat | O::And | O::Or => (0, usize::MAX),
+            O::Add | O::Multiply | O::Concat | O::And | O::Or | O::MergeObjects => (0, usize::MAX),
         }
     }
 }
@@ -564,6 +567,31 @@ fn apply(op: Operator, vals: &[Option<Bson>]) -> CommandResult<Option<Bson>> {
             }
             Ok(Some(Bson::String(out)))
         }
+        O::MergeObjects => {
+            // Later documents win; null and missing inputs add nothing.
+            let mut out = Document::new();
+            for v in vals {
+                match v {
+                    Some(Bson::Document(d)) => {
+                        for (key, value) in d {
+                            out.insert(key.clone(), value.clone());
+                        }
+                    }
+                    v if is_nullish(v.as_ref()) => {}
+                    v => {
+                        return Err(CommandError::new(
+                            ErrorCode::MergeObjectsNotObject,
+                            format!(
+                                "$mergeObjects requires object inputs, but input {} is of type {}",
+                                v.as_ref().map_or_else(String::new, ToString::to_string),
+                                type_of(v.as_ref())
+                            ),
+                        ))
+                    }
+                }
+            }
+            Ok(Some(Bson::Document(out)))
+        }
         O::ToLower | O::ToUpper => {
             let s = match arg(0) {
                 v if is_nullish(v) => String::new(),
@@ -712,6 +740,19 @@ mod tests {
         assert_eq!(
             val(&bson::bson!({ "$cond": { "if": "$n", "then": 1, "else": 2 } })),
             Bson::Int32(2)
+        );
+        assert_eq!(
+            val(
+                &bson::bson!({ "$mergeObjects": [{ "x": 1, "y": 1 }, "$n", { "y": 2, "z": "$a" }] })
+            ),
+            Bson::Document(doc! { "x": 1, "y": 2, "z": 5 }),
+            "later inputs win, null adds nothing"
+        );
+        assert_eq!(
+            ev(&bson::bson!({ "$mergeObjects": ["$a"] }), &doc! { "a": 1 })
+                .unwrap_err()
+                .code,
+            ErrorCode::MergeObjectsNotObject
         );
         assert_eq!(
             val(&bson::bson!({ "$ifNull": ["$n", "$nope", "dflt"] })),
