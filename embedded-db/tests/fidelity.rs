@@ -409,7 +409,7 @@ mod expr {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Document};
 
-    use super::common;
+    use super::{code, common};
 
     #[tokio::test]
     async fn expr_compares_fields_in_find_count_update_and_delete() {
@@ -440,9 +440,28 @@ mod expr {
         // Inside $or, next to a plain condition.
         let either = doc! { "$or": [{ "_id": 2 }, { "$expr": { "$eq": ["$spent", "$budget"] } }] };
         assert_eq!(c.count_documents(either).await.expect("count"), 2);
-        // An expression that fails on a document (division by zero) does not match it.
+        // An expression that fails on a document (division by zero) fails the query, as in
+        // mongod; nothing is written by a write that uses it.
         let ratio = doc! { "$expr": { "$gt": [{ "$divide": ["$spent", "$budget"] }, 1] } };
-        assert_eq!(c.count_documents(ratio).await.expect("count"), 1);
+        let err = c.count_documents(ratio.clone()).await.expect_err("fails");
+        assert_eq!(code(&err), 2, "{err}");
+        let err = c
+            .update_many(ratio, doc! { "$set": { "seen": true } })
+            .await
+            .expect_err("fails");
+        assert_eq!(code(&err), 2, "{err}");
+        assert_eq!(
+            c.count_documents(doc! { "seen": true })
+                .await
+                .expect("count"),
+            0
+        );
+        // Not inside $elemMatch (mongod: top-level document only).
+        let inner = doc! { "tags": { "$elemMatch": { "$expr": { "$eq": [1, 1] } } } };
+        assert_eq!(
+            code(&c.count_documents(inner).await.expect_err("refused")),
+            2
+        );
 
         let updated = c
             .update_many(over.clone(), doc! { "$set": { "over": true } })

@@ -82,27 +82,24 @@ pub(super) async fn list_collections(db: &Arc<Db>, req: &Request<'_>) -> Command
         let name = name.clone();
         db.store.read(move |read| read.collections(&name)).await?
     };
-    let entries = collections
-        .into_iter()
-        .map(|(coll, meta)| {
-            let entry = doc! {
-                "name": coll,
-                "type": "collection",
-                "options": meta.options,
-                "info": { "readOnly": false, "uuid": meta.uuid },
-                "idIndex": id_index_spec(),
-            };
+    let mut entries = Vec::new();
+    for (coll, meta) in collections {
+        let entry = doc! {
+            "name": coll,
+            "type": "collection",
+            "options": meta.options,
+            "info": { "readOnly": false, "uuid": meta.uuid },
+            "idIndex": id_index_spec(),
+        };
+        if !filter.matches(&entry)? {
+            continue;
+        }
+        entries.push(if name_only {
+            doc! { "name": entry.get("name").cloned().unwrap_or(Bson::Null), "type": "collection" }
+        } else {
             entry
-        })
-        .filter(|entry| filter.matches(entry))
-        .map(|entry| {
-            if name_only {
-                doc! { "name": entry.get("name").cloned().unwrap_or(Bson::Null), "type": "collection" }
-            } else {
-                entry
-            }
-        })
-        .collect();
+        });
+    }
     first_batch(
         db,
         &format!("{name}.$cmd.listCollections"),
@@ -135,7 +132,7 @@ pub(super) async fn list_databases(db: &Arc<Db>, req: &Request<'_>) -> CommandRe
     for (name, bytes) in sizes {
         let size = i64::try_from(bytes).unwrap_or(i64::MAX);
         let entry = doc! { "name": &name, "sizeOnDisk": size, "empty": false };
-        if !filter.matches(&entry) {
+        if !filter.matches(&entry)? {
             continue;
         }
         total = total.saturating_add(size);

@@ -45,16 +45,18 @@ pub(super) fn for_each_match(
     if let Some(id) = filter.id_equality() {
         let key = keys::encode(id);
         if after.is_empty() || key.as_slice() > after {
-            if let Some(doc) = read.find_by_id(meta, id)?.filter(|d| filter.matches(d)) {
-                let size = crate::limits::approx_size(&doc);
-                visit(&key, size, doc)?;
+            if let Some(doc) = read.find_by_id(meta, id)? {
+                if filter.matches(&doc)? {
+                    let size = crate::limits::approx_size(&doc);
+                    visit(&key, size, doc)?;
+                }
             }
         }
         return Ok(());
     }
     read.for_each_after(meta, after, &mut |key, size, doc| {
         deadline.check()?;
-        if filter.matches(&doc) {
+        if filter.matches(&doc)? {
             visit(key, size, doc)
         } else {
             Ok(true)

@@ -155,11 +155,15 @@ impl Validator {
     /// Checks a document about to be stored; `old` is the document it replaces (`None` for an
     /// insert). With `moderate`, a document that was already invalid may stay invalid.
     pub(crate) fn check(&self, new: &Document, old: Option<&Document>) -> CommandResult<()> {
-        if self.filter.matches(new) {
+        if self.filter.matches(new)? {
             return Ok(());
         }
-        if self.level == Level::Moderate && old.is_some_and(|o| !self.filter.matches(o)) {
-            return Ok(());
+        if self.level == Level::Moderate {
+            if let Some(old) = old {
+                if !self.filter.matches(old)? {
+                    return Ok(());
+                }
+            }
         }
         let id = new.get("_id").cloned().unwrap_or(Bson::Null);
         if self.warn {

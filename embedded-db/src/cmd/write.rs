@@ -443,10 +443,10 @@ fn single_target(
     match (sort, found.docs.first()) {
         (None, Some(doc)) => {
             let id = doc.get("_id").unwrap_or(&Bson::Null);
-            Ok(ctx
-                .find_by_id(meta, id)?
-                .filter(|current| filter.matches(current))
-                .map(Some))
+            match ctx.find_by_id(meta, id)? {
+                Some(current) if filter.matches(&current)? => Ok(Some(Some(current))),
+                _ => Ok(None),
+            }
         }
         _ => Ok(None),
     }
@@ -578,7 +578,7 @@ async fn run_update_many(
                     let Some(old) = ctx.find_by_id(&meta, id)? else {
                         continue;
                     };
-                    if !plan.filter.matches(&old) {
+                    if !plan.filter.matches(&old)? {
                         continue;
                     }
                     matched += 1;
@@ -869,7 +869,10 @@ async fn run_delete(
                 };
                 let mut n = 0i64;
                 for id in &chunk {
-                    if let Some(doc) = ctx.find_by_id(&meta, id)?.filter(|d| filter.matches(d)) {
+                    let Some(doc) = ctx.find_by_id(&meta, id)? else {
+                        continue;
+                    };
+                    if filter.matches(&doc)? {
                         ctx.delete(&ns, &meta, &doc)?;
                         n += 1;
                     }

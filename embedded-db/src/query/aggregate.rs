@@ -770,7 +770,7 @@ impl Stage {
                 let mut kept = Vec::with_capacity(docs.len());
                 for d in docs {
                     deadline.check()?;
-                    if f.matches(&d) {
+                    if f.matches(&d)? {
                         kept.push(d);
                     }
                 }

@@ -144,7 +144,15 @@ impl ElemMatch {
             Some(k) if k.starts_with('$') && !matches!(k.as_str(), "$and" | "$or" | "$nor") => {
                 Ok(ElemMatch(ElemForm::Value(parse_ops(spec)?)))
             }
-            _ => Ok(ElemMatch(ElemForm::Doc(Filter::parse(spec)?))),
+            _ => {
+                let filter = Filter::parse(spec)?;
+                if filter.has_expr() {
+                    return Err(CommandError::bad_value(
+                        "$expr can only be applied to the top-level document",
+                    ));
+                }
+                Ok(ElemMatch(ElemForm::Doc(filter)))
+            }
         }
     }
 
@@ -152,7 +160,8 @@ impl ElemMatch {
     pub(crate) fn matches_element(&self, e: &Bson) -> bool {
         match &self.0 {
             ElemForm::Value(conds) => conds.iter().all(|c| c.eval(&|t| t(Some(e)))),
-            ElemForm::Doc(f) => matches!(e, Bson::Document(d) if f.matches(d)),
+            // Without `$expr` (refused in `parse`) matching cannot fail.
+            ElemForm::Doc(f) => matches!(e, Bson::Document(d) if f.matches(d).unwrap_or(false)),
         }
     }
 }
@@ -167,9 +176,22 @@ impl Filter {
         })
     }
 
-    /// True when `doc` satisfies the filter (an empty filter matches everything).
-    pub(crate) fn matches(&self, doc: &Document) -> bool {
-        self.exprs.iter().all(|e| e.matches(doc))
+    /// True when `doc` satisfies the filter (an empty filter matches everything). An `$expr`
+    /// that fails on `doc` (say `$divide` by zero) fails the query, as in mongod.
+    pub(crate) fn matches(&self, doc: &Document) -> CommandResult<bool> {
+        all(&self.exprs, doc)
+    }
+
+    /// Whether an `$expr` is part of the filter (at the top or inside `$and`/`$or`/`$nor`).
+    fn has_expr(&self) -> bool {
+        fn any(exprs: &[Expr]) -> bool {
+            exprs.iter().any(|e| match e {
+                Expr::And(subs) | Expr::Or(subs) | Expr::Nor(subs) => any(subs),
+                Expr::Aggregate(_) => true,
+                Expr::Field(..) => false,
+            })
+        }
+        any(&self.exprs)
     }
 
     /// The value when the filter is exactly an equality on `_id` (`{_id: v}` or
@@ -239,19 +261,37 @@ fn collect_array_conds<'a>(
     }
 }
 
+/// Whether every clause matches (stopping at the first that does not).
+fn all(exprs: &[Expr], doc: &Document) -> CommandResult<bool> {
+    for e in exprs {
+        if !e.matches(doc)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether any clause matches (stopping at the first that does).
+fn any(exprs: &[Expr], doc: &Document) -> CommandResult<bool> {
+    for e in exprs {
+        if e.matches(doc)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl Expr {
-    fn matches(&self, doc: &Document) -> bool {
-        match self {
-            Expr::And(subs) => subs.iter().all(|e| e.matches(doc)),
-            Expr::Or(subs) => subs.iter().any(|e| e.matches(doc)),
-            Expr::Nor(subs) => !subs.iter().any(|e| e.matches(doc)),
+    fn matches(&self, doc: &Document) -> CommandResult<bool> {
+        Ok(match self {
+            Expr::And(subs) => all(subs, doc)?,
+            Expr::Or(subs) => any(subs, doc)?,
+            Expr::Nor(subs) => !any(subs, doc)?,
             Expr::Field(p, conds) => conds
                 .iter()
                 .all(|c| c.eval(&|t| path::any_value(doc, p, &mut |v| t(v)))),
-            Expr::Aggregate(expr) => expr
-                .eval(doc)
-                .is_ok_and(|value| super::expr::is_true(value.as_ref())),
-        }
+            Expr::Aggregate(expr) => super::expr::is_true(expr.eval(doc)?.as_ref()),
+        })
     }
 }
 
@@ -676,7 +716,21 @@ mod tests {
     use bson::doc;
 
     fn m(filter: &Document, d: &Document) -> bool {
-        Filter::parse(filter).unwrap().matches(d)
+        Filter::parse(filter).unwrap().matches(d).unwrap()
+    }
+
+    #[test]
+    fn a_failing_expr_fails_the_match() {
+        let f = Filter::parse(&doc! { "$or": [{ "a": 1 }, { "$expr": { "$divide": [1, 0] } }] })
+            .unwrap();
+        assert!(
+            f.matches(&doc! { "a": 1 }).unwrap(),
+            "a clause before it decides"
+        );
+        assert_eq!(
+            f.matches(&doc! { "a": 2 }).unwrap_err().code,
+            ErrorCode::BadValue
+        );
     }
 
     fn err(filter: &Document) -> CommandError {

@@ -118,7 +118,11 @@ pub(super) fn expand(
                 Some(filters.get(ident, p)?)
             };
             for (i, e) in items.iter().enumerate() {
-                if filter.is_none_or(|f| f.matches(&doc! { ident: e.clone() })) {
+                let selected = match filter {
+                    Some(f) => f.matches(&doc! { ident: e.clone() })?,
+                    None => true,
+                };
+                if selected {
                     next.push(join(&i.to_string()));
                 }
             }
