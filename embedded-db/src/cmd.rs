@@ -230,6 +230,7 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
     // Generic arguments are honoured or refused before the command does anything.
     generic::check_collation(&req.body)?;
     let write_concern = generic::WriteConcern::parse(&req.body)?;
+    generic::check_read_concern(&name, &req.body, db.store.last_position())?;
     if READS.contains(&name.as_str()) && req.body.contains_key("writeConcern") {
         return Err(CommandError::new(
             ErrorCode::InvalidOptions,

@@ -158,6 +158,8 @@ pub enum ErrorCode {
     MergeBadWhenMatched = 51191,
     /// `$merge`'s `let` needs a pipeline `whenMatched`.
     MergeLetWithoutPipeline = 51199,
+    /// A read at a snapshot older than the history kept.
+    SnapshotTooOld = 239,
     /// `$mergeObjects` met an input that is not a document.
     MergeObjectsNotObject = 40400,
 }
@@ -242,6 +244,7 @@ impl ErrorCode {
             Self::MergeBadWhenMatched => "Location51191",
             Self::MergeLetWithoutPipeline => "Location51199",
             Self::MergeObjectsNotObject => "Location40400",
+            Self::SnapshotTooOld => "SnapshotTooOld",
         }
     }
 
@@ -332,6 +335,7 @@ impl ErrorCode {
             ErrorCode::MergeBadWhenMatched,
             ErrorCode::MergeLetWithoutPipeline,
             ErrorCode::MergeObjectsNotObject,
+            ErrorCode::SnapshotTooOld,
         ];
         ALL.iter().copied().find(|c| c.code() == code)
     }

@@ -1510,3 +1510,67 @@ mod write_stages {
         }
     }
 }
+
+/// `readConcern`: every level one member serves; snapshot reads on find, aggregate and
+/// distinct; `atClusterTime` in the past is 239, as mongod past its history window.
+mod read_concern {
+    use futures::TryStreamExt;
+    use mongodb::bson::{doc, Document, Timestamp};
+    use mongodb::options::{ReadConcern, ReadConcernLevel};
+
+    use super::{code, common};
+
+    #[tokio::test]
+    async fn snapshot_reads_and_old_cluster_times() {
+        let server = common::start().await;
+        let db = server.db();
+        let c = db.collection::<Document>("rc");
+        c.insert_one(doc! { "_id": 1 }).await.expect("insert");
+        for level in [ReadConcernLevel::Majority, ReadConcernLevel::Snapshot] {
+            let found: Vec<Document> = c
+                .find(doc! {})
+                .read_concern(ReadConcern::from(level))
+                .await
+                .expect("find")
+                .try_collect()
+                .await
+                .expect("docs");
+            assert_eq!(found.len(), 1);
+        }
+        // A snapshot session: every read in it succeeds.
+        let mut session = server
+            .client
+            .start_session()
+            .snapshot(true)
+            .await
+            .expect("session");
+        let n = c
+            .find(doc! {})
+            .session(&mut session)
+            .await
+            .expect("find")
+            .stream(&mut session)
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("docs")
+            .len();
+        assert_eq!(n, 1);
+
+        let old = Timestamp {
+            time: 1,
+            increment: 1,
+        };
+        let err = db
+            .run_command(doc! {
+                "find": "rc", "readConcern": { "level": "snapshot", "atClusterTime": old },
+            })
+            .await
+            .expect_err("no history");
+        assert_eq!(code(&err), 239, "{err}");
+        let err = db
+            .run_command(doc! { "count": "rc", "readConcern": { "level": "snapshot" } })
+            .await
+            .expect_err("not for count");
+        assert_eq!(code(&err), 72, "{err}");
+    }
+}

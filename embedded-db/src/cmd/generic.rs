@@ -1,5 +1,5 @@
 //! Arguments any command may carry and that embedded-db either honours or refuses, never
-//! ignores: `maxTimeMS`, `writeConcern`, `collation`.
+//! ignores: `maxTimeMS`, `writeConcern`, `readConcern`, `collation`.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,91 @@ fn max_time_ms(body: &Document) -> CommandResult<Option<u64>> {
             "{ms} value for maxTimeMS is out of range [0, 2147483647]"
         ))),
     }
+}
+
+/// Commands that read at `readConcern` level `snapshot` outside a transaction (mongod 5.0+).
+const SNAPSHOT_READS: &[&str] = &["find", "aggregate", "distinct"];
+
+/// Checks a command's `readConcern` against the newest committed position `last`. Every
+/// level is served by one member whose commits are durable (`local`, `available`,
+/// `majority`, `linearizable`; `afterClusterTime` is always reached). `snapshot` is for
+/// find, aggregate and distinct (72 elsewhere), each of which reads one storage snapshot;
+/// an `atClusterTime` older than the newest write is 239 `SnapshotTooOld`, since no history
+/// is kept.
+pub(crate) fn check_read_concern(
+    command: &str,
+    body: &Document,
+    last: crate::storage::Position,
+) -> CommandResult<()> {
+    let rc = match body.get("readConcern") {
+        None | Some(Bson::Null) => return Ok(()),
+        Some(Bson::Document(d)) => d,
+        Some(other) => {
+            return Err(CommandError::type_mismatch(format!(
+                "BSON field 'readConcern' is the wrong type '{}', expected type 'object'",
+                type_name(other)
+            )))
+        }
+    };
+    let level = match rc.get("level") {
+        None | Some(Bson::Null) => "local",
+        Some(Bson::String(level)) => level.as_str(),
+        Some(other) => {
+            return Err(CommandError::type_mismatch(format!(
+                "BSON field 'readConcern.level' is the wrong type '{}', expected type 'string'",
+                type_name(other)
+            )))
+        }
+    };
+    if !matches!(
+        level,
+        "local" | "available" | "majority" | "linearizable" | "snapshot"
+    ) {
+        return Err(CommandError::bad_value(format!(
+            "Enumeration value '{level}' for field 'readConcern.level' is not a valid value."
+        )));
+    }
+    if level == "snapshot" && !SNAPSHOT_READS.contains(&command) {
+        return Err(CommandError::new(
+            ErrorCode::InvalidOptions,
+            format!("Command {command} does not support readConcern level snapshot outside a transaction"),
+        ));
+    }
+    for (key, value) in rc {
+        match (key.as_str(), value) {
+            ("level" | "provenance", _) => {}
+            ("afterClusterTime" | "atClusterTime", Bson::Timestamp(_)) => {}
+            ("afterClusterTime" | "atClusterTime", other) => {
+                return Err(CommandError::type_mismatch(format!(
+                    "BSON field 'readConcern.{key}' is the wrong type '{}', expected type 'timestamp'",
+                    type_name(other)
+                )))
+            }
+            _ => {
+                return Err(CommandError::new(
+                    ErrorCode::UnknownField,
+                    format!("BSON field 'readConcern.{key}' is an unknown field."),
+                ))
+            }
+        }
+    }
+    if let Some(Bson::Timestamp(at)) = rc.get("atClusterTime") {
+        if level != "snapshot" {
+            return Err(CommandError::new(
+                ErrorCode::InvalidOptions,
+                "readConcern atClusterTime is only allowed with level snapshot",
+            ));
+        }
+        if crate::storage::position_of(*at) < last {
+            return Err(CommandError::new(
+                ErrorCode::SnapshotTooOld,
+                format!(
+                    "Read timestamp {at} is older than the oldest available timestamp: embedded-db keeps no history"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a command's `writeConcern` asks for, as far as a one-member replica set can tell.
@@ -209,6 +294,60 @@ mod tests {
                 Err(ErrorCode::BadValue)
             );
         }
+    }
+
+    #[test]
+    fn read_concerns_are_served_or_refused() {
+        let last = crate::storage::position_of(bson::Timestamp {
+            time: 100,
+            increment: 5,
+        });
+        let check = |command: &str, rc: Document| {
+            check_read_concern(command, &doc! { "readConcern": rc }, last).map_err(|e| e.code)
+        };
+        let at = |time, increment| Bson::Timestamp(bson::Timestamp { time, increment });
+        for level in ["local", "available", "majority", "linearizable"] {
+            assert_eq!(check("count", doc! { "level": level }), Ok(()));
+        }
+        assert_eq!(check("find", doc! {}), Ok(()));
+        assert_eq!(check("find", doc! { "afterClusterTime": at(1, 1) }), Ok(()));
+        assert_eq!(check("find", doc! { "level": "snapshot" }), Ok(()));
+        assert_eq!(
+            check(
+                "aggregate",
+                doc! { "level": "snapshot", "atClusterTime": at(100, 5) }
+            ),
+            Ok(()),
+            "nothing was written after it"
+        );
+        assert_eq!(
+            check(
+                "find",
+                doc! { "level": "snapshot", "atClusterTime": at(100, 4) }
+            ),
+            Err(ErrorCode::SnapshotTooOld)
+        );
+        assert_eq!(
+            check("count", doc! { "level": "snapshot" }),
+            Err(ErrorCode::InvalidOptions)
+        );
+        assert_eq!(
+            check("find", doc! { "atClusterTime": at(100, 5) }),
+            Err(ErrorCode::InvalidOptions)
+        );
+        assert_eq!(
+            check("find", doc! { "level": "sometimes" }),
+            Err(ErrorCode::BadValue)
+        );
+        assert_eq!(
+            check("find", doc! { "level": "snapshot", "atClusterTime": 5 }),
+            Err(ErrorCode::TypeMismatch)
+        );
+        assert_eq!(check("find", doc! { "x": 1 }), Err(ErrorCode::UnknownField));
+        assert_eq!(
+            check_read_concern("find", &doc! { "readConcern": "local" }, last).map_err(|e| e.code),
+            Err(ErrorCode::TypeMismatch)
+        );
     }
 
     #[test]
