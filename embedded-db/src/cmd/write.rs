@@ -60,6 +60,11 @@ pub(super) fn with_id_first(doc: Document) -> Document {
     out
 }
 
+/// A count in a write reply: a 32-bit integer, as mongod sends `n` and `nModified`.
+fn reply_count(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 /// Collects the per-statement results of a batch.
 #[derive(Default)]
 struct WriteErrors(Vec<Bson>);
@@ -201,7 +206,7 @@ pub(super) async fn insert(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Doc
                 None => {}
             }
         }
-        Ok(Some(errors.into_reply(doc! { "n": n })))
+        Ok(Some(errors.into_reply(doc! { "n": reply_count(n) })))
     })
     .await?;
     reply.ok_or_else(|| CommandError::internal("insert produced no reply"))
@@ -620,7 +625,7 @@ impl UpdateTally {
     }
 
     fn into_reply(self) -> Document {
-        let mut reply = doc! { "n": self.n, "nModified": self.modified };
+        let mut reply = doc! { "n": reply_count(self.n), "nModified": reply_count(self.modified) };
         if !self.upserted.is_empty() {
             reply.insert("upserted", self.upserted);
         }
@@ -944,7 +949,7 @@ pub(super) async fn delete(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Doc
                     None => {}
                 }
             }
-            Ok(Some(errors.into_reply(doc! { "n": n })))
+            Ok(Some(errors.into_reply(doc! { "n": reply_count(n) })))
         })
         .await?;
         return reply.ok_or_else(|| CommandError::internal("delete produced no reply"));
@@ -967,7 +972,7 @@ pub(super) async fn delete(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Doc
             None => {}
         }
     }
-    Ok(errors.into_reply(doc! { "n": n }))
+    Ok(errors.into_reply(doc! { "n": reply_count(n) }))
 }
 
 fn delete_in_writer(
