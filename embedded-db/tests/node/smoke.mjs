@@ -300,3 +300,39 @@ test('change streams: events, close, resumeAfter', TEST_TIMEOUT, async () => {
     }
   }
 });
+
+test('what mongosh users reach for: explain, pipeline updates, $merge, expanded events', TEST_TIMEOUT, async () => {
+  const coll = db.collection('fidelity');
+  await coll.insertMany([
+    { _id: 1, fname: 'Ada', lname: 'Lovelace' },
+    { _id: 2, fname: 'Alan', lname: 'Turing' },
+  ]);
+  const plan = await coll.find({ _id: 1 }).explain();
+  assert.equal(plan.queryPlanner.winningPlan.stage, 'IDHACK');
+  const stats = await coll.find({ fname: 'Ada' }).explain('executionStats');
+  assert.equal(stats.executionStats.nReturned, 1);
+
+  const updated = await coll.updateOne({ _id: 1 }, [
+    { $set: { full: { $concat: ['$fname', ' ', '$lname'] } } },
+  ]);
+  assert.equal(updated.modifiedCount, 1);
+  assert.equal((await coll.findOne({ _id: 1 })).full, 'Ada Lovelace');
+
+  const stream = await openStream(coll, { showExpandedEvents: true });
+  try {
+    await coll.aggregate([
+      { $match: { _id: 2 } },
+      { $set: { seen: true } },
+      { $merge: { into: 'fidelity' } },
+    ]).toArray();
+    await coll.createIndex({ lname: 1 });
+    const events = await take(stream, 2);
+    assert.deepEqual(events.map((e) => e.operationType), ['update', 'createIndexes']);
+    assert.deepEqual(events[0].updateDescription.updatedFields, { seen: true });
+    assert.deepEqual(events[0].updateDescription.disambiguatedPaths, {});
+    assert.ok(events[0].collectionUUID, 'collectionUUID with showExpandedEvents');
+    assert.equal(events[1].operationDescription.indexes[0].name, 'lname_1');
+  } finally {
+    await stream.close();
+  }
+});
