@@ -230,7 +230,6 @@ async fn dispatch(db: &Arc<Db>, req: Request<'_>) -> CommandResult<Document> {
     // Generic arguments are honoured or refused before the command does anything.
     generic::check_collation(&req.body)?;
     let write_concern = generic::WriteConcern::parse(&req.body)?;
-    generic::check_read_concern(&name, &req.body, db.store.last_position())?;
     if READS.contains(&name.as_str()) && req.body.contains_key("writeConcern") {
         return Err(CommandError::new(
             ErrorCode::InvalidOptions,
@@ -261,6 +260,7 @@ async fn run_command(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResu
             "Multi-document transactions are not supported by embedded-db",
         ));
     }
+    generic::check_read_concern(name, &req.body, db.store.last_position())?;
     // One sorted table; aliases are listed explicitly.
     match name {
         "abortTransaction" | "commitTransaction" => Err(CommandError::new(

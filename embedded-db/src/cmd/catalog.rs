@@ -243,6 +243,17 @@ fn record_catalog(
     ctx.record(&change, Some(meta.uuid))
 }
 
+/// Records the `createIndexes` event of `index`, built on `meta`'s collection.
+pub(super) fn record_index_created(
+    ctx: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    meta: &CollectionMeta,
+    index: &IndexMeta,
+) -> CommandResult<()> {
+    let description = doc! { "indexes": [index.spec.clone()] };
+    record_catalog(ctx, CatalogOp::CreateIndexes, ns, meta, description, None)
+}
+
 /// A validated index specification.
 fn parse_index(spec: &Document) -> CommandResult<(String, Document, bool, Document)> {
     let key = opt_document(spec, "key")?
@@ -350,7 +361,8 @@ pub(super) async fn create_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandRe
         .write(move |ctx| {
             let created_collection = ctx.collection(&ns)?.is_none();
             let mut meta = ctx.ensure_collection(&ns)?;
-            let before = meta.indexes.len() + 1;
+            let existing = meta.indexes.len();
+            // Every conflict is found before anything is built.
             for (name, key, unique, spec) in parsed {
                 if key == doc! { "_id": 1 } && (name == ID_INDEX || !unique) {
                     continue;
@@ -376,13 +388,22 @@ pub(super) async fn create_indexes(db: &Arc<Db>, req: &Request<'_>) -> CommandRe
                         format!("Index already exists with a different name: {}", existing.name),
                     ));
                 }
-                let index = IndexMeta { id: ctx.new_index_id(), name, key, unique, spec };
-                ctx.build_index(&ns, &meta, &index)?;
-                let description = doc! { "indexes": [index.spec.clone()] };
-                record_catalog(ctx, CatalogOp::CreateIndexes, &ns, &meta, description, None)?;
-                meta.indexes.push(index);
+                meta.indexes.push(IndexMeta { id: ctx.new_index_id(), name, key, unique, spec });
+            }
+            // A unique build that fails (11000) leaves nothing, nor do the builds before it.
+            for (built, index) in meta.indexes.iter().enumerate().skip(existing) {
+                if let Err(clash) = ctx.build_index(&ns, &meta, index) {
+                    for earlier in &meta.indexes[existing..built] {
+                        ctx.drop_index_entries(earlier)?;
+                    }
+                    return Err(clash);
+                }
             }
             ctx.save_collection(&ns, &meta)?;
+            for index in &meta.indexes[existing..] {
+                record_index_created(ctx, &ns, &meta, index)?;
+            }
+            let before = existing + 1;
             let after = meta.indexes.len() + 1;
             let mut reply = doc! {
                 "createdCollectionAutomatically": created_collection,

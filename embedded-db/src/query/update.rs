@@ -113,9 +113,10 @@ pub(crate) struct UpdateOutcome {
 }
 
 impl UpdateOutcome {
-    /// mongod's `updateDescription.disambiguatedPaths`: each reported path that has a numeric
-    /// component (array index or field name) or a field name holding a dot, mapped to its
-    /// components, array indexes as integers and field names as strings. Updated paths are
+    /// mongod's `updateDescription.disambiguatedPaths`: each reported path in which a field name
+    /// looks like an array index (or holds a dot), mapped to its components, array indexes as
+    /// integers and field names as strings. A path whose numeric components are all array
+    /// indexes is not ambiguous. Updated paths are
     /// resolved in `after`, removed ones in `before`. `whole_fields`: the reported paths are
     /// top-level field names (pipeline updates), not dotted paths.
     pub(crate) fn disambiguated_paths(
@@ -148,7 +149,7 @@ fn numeric_component(part: &str) -> bool {
 }
 
 /// The components of dotted `path` as found in `doc` (indexes of arrays as Int32), or `None`
-/// when no component is numeric (then the path is not ambiguous).
+/// when no field name among them is numeric (then the path is not ambiguous).
 fn dotted_components(path: &str, doc: &Document) -> Option<Vec<Bson>> {
     if !path.split('.').any(numeric_component) {
         return None;
@@ -174,7 +175,10 @@ fn dotted_components(path: &str, doc: &Document) -> Option<Vec<Bson>> {
             _ => (None, None),
         };
     }
-    Some(components)
+    let named_like_index = components
+        .iter()
+        .any(|c| matches!(c, Bson::String(name) if numeric_component(name)));
+    named_like_index.then_some(components)
 }
 
 const MODIFIERS: [&str; 15] = [
@@ -447,8 +451,19 @@ mod tests {
             doc! { "a.0.1": ["a", 0, "1"] }
         );
         assert_eq!(
-            disambiguated(doc! { "a": [1, 2] }, doc! { "$unset": { "a.1": "" } }),
-            doc! { "a.1": ["a", 1] },
+            disambiguated(
+                doc! { "a": [1, 2], "b": { "c": [[0]] } },
+                doc! { "$unset": { "a.1": "" }, "$set": { "b.c.0.0": 1 } }
+            ),
+            Document::new(),
+            "array indexes alone are not ambiguous"
+        );
+        assert_eq!(
+            disambiguated(
+                doc! { "a": { "1": [5, 6] } },
+                doc! { "$unset": { "a.1.0": "" } }
+            ),
+            doc! { "a.1.0": ["a", "1", 0] },
             "a removed path is resolved in the document before"
         );
         assert_eq!(

@@ -4,7 +4,10 @@ use bson::{Bson, Document};
 use redb::{ReadTransaction, ReadableTable};
 
 use super::changelog::Position;
-use super::schema::{CollectionMeta, CATALOG, CHANGES, DOCUMENTS, META};
+use super::schema::{
+    id_to_key, index_keys, CollectionMeta, IndexMeta, CATALOG, CHANGES, DOCUMENTS, META,
+    UNIQUE_KEYS,
+};
 use super::write::WriteCtx;
 use super::writer::storage_error;
 use crate::error::CommandResult;
@@ -71,6 +74,35 @@ impl Snapshot for ReadCtx {
     fn find_by_id(&self, meta: &CollectionMeta, id: &Bson) -> CommandResult<Option<Document>> {
         let table = self.txn.open_table(DOCUMENTS).map_err(storage_error)?;
         get_document(&table, meta, &keys::encode(id))
+    }
+}
+
+impl WriteCtx<'_> {
+    /// The document of `meta`'s collection holding the key `probe` gives in the unique index
+    /// `index` (a probe whose key fields hold no arrays gives one key), found through the
+    /// index, not by a scan: how `$merge` finds a result's match on its `on` fields.
+    pub(crate) fn find_by_unique_key(
+        &self,
+        meta: &CollectionMeta,
+        index: &IndexMeta,
+        probe: &Document,
+    ) -> CommandResult<Option<Document>> {
+        let keys = index_keys(index, probe)?;
+        let [(key, _)] = keys.as_slice() else {
+            return Ok(None);
+        };
+        let owner = {
+            let table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+            let owner = table
+                .get((id_to_key(index.id), key.as_slice()))
+                .map_err(|e| self.fail(e))?;
+            owner.map(|o| o.value().to_vec())
+        };
+        let Some(id_key) = owner else {
+            return Ok(None);
+        };
+        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+        get_document(&table, meta, &id_key)
     }
 }
 

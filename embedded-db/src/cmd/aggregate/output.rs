@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 
+use super::super::catalog::record_index_created;
 use super::super::validator::Validator;
 use super::super::write::{insert_document, update_document, with_id_first};
 use crate::db::Db;
@@ -19,7 +20,6 @@ use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::Namespace;
 use crate::query::aggregate::Pipeline;
 use crate::query::compare::type_name;
-use crate::query::filter::Filter;
 use crate::query::update::UpdateSpec;
 use crate::query::{path, variables};
 use crate::storage::{CollectionMeta, IndexMeta, Snapshot, WriteCtx};
@@ -93,11 +93,11 @@ impl WriteStage {
         docs: Vec<Document>,
         bypass_validation: bool,
     ) -> CommandResult<()> {
-        let validator = move |meta: &CollectionMeta| {
+        let validator = move |options: &Document| {
             if bypass_validation {
                 Ok(None)
             } else {
-                Validator::from_options(&meta.options)
+                Validator::from_options(options)
             }
         };
         match self {
@@ -187,7 +187,7 @@ fn replace_collection(
     ctx: &mut WriteCtx<'_>,
     target: &Namespace,
     docs: Vec<Document>,
-    validator: impl Fn(&CollectionMeta) -> CommandResult<Option<Validator>>,
+    validator: impl Fn(&Document) -> CommandResult<Option<Validator>>,
 ) -> CommandResult<()> {
     let existing = ctx.collection(target)?;
     let temp = Namespace::new(&target.db, &format!("tmp.agg_out.{}", bson::Uuid::new()))?;
@@ -195,16 +195,18 @@ fn replace_collection(
         .as_ref()
         .map(|m| m.options.clone())
         .unwrap_or_default();
+    // Refused before anything is written; the copied indexes are announced as mongod does.
+    let validator = validator(&options)?;
     let mut meta = ctx.create_collection(&temp, options)?;
     for index in existing.iter().flat_map(|m| &m.indexes) {
         let copy = IndexMeta {
             id: ctx.new_index_id(),
             ..index.clone()
         };
+        record_index_created(ctx, &temp, &meta, &copy)?;
         meta.indexes.push(copy);
     }
     ctx.save_collection(&temp, &meta)?;
-    let validator = validator(&meta)?;
     let filled = docs
         .into_iter()
         .try_for_each(|doc| insert_document(ctx, &temp, &meta, validator.as_ref(), doc));
@@ -353,48 +355,53 @@ impl Merge {
         &self,
         ctx: &mut WriteCtx<'_>,
         docs: Vec<Document>,
-        validator: impl Fn(&CollectionMeta) -> CommandResult<Option<Validator>>,
+        validator: impl Fn(&Document) -> CommandResult<Option<Validator>>,
     ) -> CommandResult<()> {
         let existing = ctx.collection(&self.into)?;
-        self.check_unique_on(existing.as_ref())?;
+        let index = self.unique_index(existing.as_ref())?.cloned();
         let meta = match existing {
             Some(meta) => meta,
             None => ctx.ensure_collection(&self.into)?,
         };
-        let validator = validator(&meta)?;
+        let validator = validator(&meta.options)?;
         for doc in docs {
-            self.merge_one(ctx, &meta, validator.as_ref(), doc)?;
+            self.merge_one(ctx, &meta, index.as_ref(), validator.as_ref(), doc)?;
         }
         Ok(())
     }
 
-    /// `on` fields other than `_id` must be the key of a unique index (51183), so that a result
-    /// matches at most one document.
-    fn check_unique_on(&self, meta: Option<&CollectionMeta>) -> CommandResult<()> {
+    /// The unique index whose key fields are the `on` fields (any order), through which each
+    /// result finds its match; `None` for `on: "_id"`. Without one: 51183, as mongod (a result
+    /// must match at most one document).
+    fn unique_index<'m>(
+        &self,
+        meta: Option<&'m CollectionMeta>,
+    ) -> CommandResult<Option<&'m IndexMeta>> {
         if self.on == ["_id"] {
-            return Ok(());
+            return Ok(None);
         }
         let mut wanted: Vec<&str> = self.on.iter().map(String::as_str).collect();
         wanted.sort_unstable();
-        let covered = meta.into_iter().flat_map(|m| &m.indexes).any(|index| {
+        let index = meta.into_iter().flat_map(|m| &m.indexes).find(|index| {
             let mut fields: Vec<&str> = index.key.keys().map(String::as_str).collect();
             fields.sort_unstable();
             index.unique && fields == wanted
         });
-        if covered {
-            Ok(())
-        } else {
-            Err(CommandError::new(
+        match index {
+            Some(index) => Ok(Some(index)),
+            None => Err(CommandError::new(
                 ErrorCode::MergeOnNotUnique,
                 "Cannot find index to verify that join fields will be unique",
-            ))
+            )),
         }
     }
 
+    /// Writes one result; `index` is the unique index of the `on` fields (`None`: `_id`).
     fn merge_one(
         &self,
         ctx: &mut WriteCtx<'_>,
         meta: &CollectionMeta,
+        index: Option<&IndexMeta>,
         validator: Option<&Validator>,
         doc: Document,
     ) -> CommandResult<()> {
@@ -405,31 +412,20 @@ impl Merge {
         } else {
             doc
         };
-        let mut key = Document::new();
         for field in &self.on {
-            match path::get(&doc, field) {
-                None | Some(Bson::Null | Bson::Undefined | Bson::Array(_)) => {
-                    return Err(CommandError::new(
-                        ErrorCode::MergeOnFieldInvalid,
-                        format!("$merge write error: 'on' field '{field}' cannot be missing, null, undefined or an array"),
-                    ))
-                }
-                Some(value) => key.insert(field.clone(), doc! { "$eq": value.clone() }),
-            };
+            if matches!(
+                path::get(&doc, field),
+                None | Some(Bson::Null | Bson::Undefined | Bson::Array(_))
+            ) {
+                return Err(CommandError::new(
+                    ErrorCode::MergeOnFieldInvalid,
+                    format!("$merge write error: 'on' field '{field}' cannot be missing, null, undefined or an array"),
+                ));
+            }
         }
-        let matched = if self.on == ["_id"] {
-            let id = doc.get("_id").unwrap_or(&Bson::Null);
-            ctx.find_by_id(meta, id)?
-        } else {
-            let filter = Filter::parse(&key)?;
-            super::super::read::matching(
-                ctx,
-                meta,
-                &filter,
-                &crate::limits::Deadline::none(),
-                Some(1),
-            )?
-            .pop()
+        let matched = match index {
+            Some(index) => ctx.find_by_unique_key(meta, index, &doc)?,
+            None => ctx.find_by_id(meta, doc.get("_id").unwrap_or(&Bson::Null))?,
         };
         let ns = &self.into;
         let Some(old) = matched else {
