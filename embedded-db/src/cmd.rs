@@ -260,7 +260,7 @@ async fn run_command(db: &Arc<Db>, req: &Request<'_>, name: &str) -> CommandResu
             "Multi-document transactions are not supported by embedded-db",
         ));
     }
-    generic::check_read_concern(name, &req.body, db.store.last_position())?;
+    generic::check_read_concern(name, &req.body)?;
     // One sorted table; aliases are listed explicitly.
     match name {
         "abortTransaction" | "commitTransaction" => Err(CommandError::new(

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bson::{Bson, Document};
 
-use super::generic::deadline_of;
+use super::generic::{deadline_of, SnapshotRead};
+use super::read::with_cluster_time;
 use super::{
     cursor_reply, first_batch, opt_bool, opt_count, opt_document, read::for_each_match, Request,
 };
@@ -79,39 +80,42 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
     db.stage_counters.count(&stages);
     let write_stage = output::WriteStage::take(&mut stages, &req.db)?;
     let bypass_validation = opt_bool(&req.body, "bypassDocumentValidation")?.unwrap_or(false);
-    let (ns_text, docs) = run_pipeline(db, req, stages).await?;
-    match write_stage {
+    let (ns_text, docs, at) = run_pipeline(db, req, stages).await?;
+    let reply = match write_stage {
         Some(stage) => {
             stage.write(db, docs, bypass_validation).await?;
-            first_batch(db, &ns_text, Vec::new(), batch_size, false)
+            first_batch(db, &ns_text, Vec::new(), batch_size, false)?
         }
-        None => first_batch(db, &ns_text, docs, batch_size, false),
-    }
+        None => first_batch(db, &ns_text, docs, batch_size, false)?,
+    };
+    Ok(with_cluster_time(reply, at))
 }
 
-/// Runs a read pipeline (over a collection, or from `$documents`): the cursor namespace and
-/// the results.
+/// Runs a read pipeline (over a collection, or from `$documents`): the cursor namespace, the
+/// results, and the cluster time of a snapshot read.
 async fn run_pipeline(
     db: &Arc<Db>,
     req: &Request<'_>,
     stages: Vec<Bson>,
-) -> CommandResult<(String, Vec<Document>)> {
+) -> CommandResult<(String, Vec<Document>, Option<bson::Timestamp>)> {
     let deadline = deadline_of(db, &req.body)?;
+    let snapshot = SnapshotRead::of(&req.body);
     let first = stages.first().and_then(Bson::as_document);
     if let Some(first) = first.filter(|s| s.keys().next().map(String::as_str) == Some("$documents"))
     {
         let input = documents_stage(req, first)?;
         let rest = stages[1..].to_vec();
         let db_name = req.db.clone();
-        let docs = db
+        let (docs, at) = db
             .store
             .read(move |read| {
+                let at = snapshot.map(|s| s.pin(read)).transpose()?;
                 let mut pipeline = Pipeline::parse(&rest)?;
                 pipeline.resolve(&mut |coll| whole_collection(read, &db_name, coll, &deadline))?;
-                pipeline.run(input, &deadline)
+                Ok((pipeline.run(input, &deadline)?, at))
             })
             .await?;
-        return Ok((format!("{}.$cmd.aggregate", req.db), docs));
+        return Ok((format!("{}.$cmd.aggregate", req.db), docs, at));
     }
     let ns = req.namespace().map_err(|_| {
         CommandError::new(
@@ -120,9 +124,10 @@ async fn run_pipeline(
         )
     })?;
     let ns_text = ns.to_string();
-    let docs = db
+    let (docs, at) = db
         .store
         .read(move |read| {
+            let at = snapshot.map(|s| s.pin(read)).transpose()?;
             // A leading $match is applied while scanning (and uses the _id lookup when it can).
             let (input, rest) = match stages.first().and_then(|s| s.as_document()) {
                 Some(stage) if stage.keys().next().map(String::as_str) == Some("$match") => {
@@ -138,20 +143,21 @@ async fn run_pipeline(
             let mut pipeline = Pipeline::parse(rest)?;
             pipeline.resolve(&mut |coll| whole_collection(read, &ns.db, coll, &deadline))?;
             let Some(meta) = read.collection(&ns)? else {
-                return pipeline.run(Vec::new(), &deadline);
+                return Ok((pipeline.run(Vec::new(), &deadline)?, at));
             };
             let filter = input.unwrap_or_default();
-            pipeline.run_streamed(
+            let docs = pipeline.run_streamed(
                 |deliver| {
                     for_each_match(read, &meta, &filter, &deadline, &[], |_, _, doc| {
                         deliver(doc)
                     })
                 },
                 &deadline,
-            )
+            )?;
+            Ok((docs, at))
         })
         .await?;
-    Ok((ns_text, docs))
+    Ok((ns_text, docs, at))
 }
 
 /// The documents of a database-level `aggregate` (`aggregate: 1`) whose first stage is

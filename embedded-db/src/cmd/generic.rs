@@ -51,17 +51,11 @@ fn max_time_ms(body: &Document) -> CommandResult<Option<u64>> {
 /// Commands that read at `readConcern` level `snapshot` outside a transaction (mongod 5.0+).
 const SNAPSHOT_READS: &[&str] = &["find", "aggregate", "distinct"];
 
-/// Checks a command's `readConcern` against the newest committed position `last`. Every
-/// level is served by one member whose commits are durable (`local`, `available`,
-/// `majority`, `linearizable`; `afterClusterTime` is always reached). `snapshot` is for
-/// find, aggregate and distinct (72 elsewhere), each of which reads one storage snapshot;
-/// an `atClusterTime` older than the newest write is 239 `SnapshotTooOld`, since no history
-/// is kept.
-pub(crate) fn check_read_concern(
-    command: &str,
-    body: &Document,
-    last: crate::storage::Position,
-) -> CommandResult<()> {
+/// Checks a command's `readConcern`. Every level is served by one member whose commits are
+/// durable (`local`, `available`, `majority`, `linearizable`; `afterClusterTime` is always
+/// reached). `snapshot` is for find, aggregate and distinct (72 elsewhere), which then read
+/// through [`SnapshotRead`].
+pub(crate) fn check_read_concern(command: &str, body: &Document) -> CommandResult<()> {
     let rc = match body.get("readConcern") {
         None | Some(Bson::Null) => return Ok(()),
         Some(Bson::Document(d)) => d,
@@ -114,23 +108,52 @@ pub(crate) fn check_read_concern(
             }
         }
     }
-    if let Some(Bson::Timestamp(at)) = rc.get("atClusterTime") {
-        if level != "snapshot" {
-            return Err(CommandError::new(
-                ErrorCode::InvalidOptions,
-                "readConcern atClusterTime is only allowed with level snapshot",
-            ));
-        }
-        if crate::storage::position_of(*at) < last {
-            return Err(CommandError::new(
+    if rc.contains_key("atClusterTime") && level != "snapshot" {
+        return Err(CommandError::new(
+            ErrorCode::InvalidOptions,
+            "readConcern atClusterTime is only allowed with level snapshot",
+        ));
+    }
+    Ok(())
+}
+
+/// A read at `readConcern` level `snapshot` (checked by [`check_read_concern`]): the whole
+/// result is read from one storage snapshot, whose cluster time the reply reports as
+/// `atClusterTime` (drivers pin a snapshot session's later reads to it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SnapshotRead {
+    /// The cluster time the client asked to read at.
+    at: Option<bson::Timestamp>,
+}
+
+impl SnapshotRead {
+    /// The snapshot read `body` asks for, if it does.
+    pub(crate) fn of(body: &Document) -> Option<SnapshotRead> {
+        let rc = body.get_document("readConcern").ok()?;
+        (rc.get_str("level").ok()? == "snapshot").then(|| SnapshotRead {
+            at: match rc.get("atClusterTime") {
+                Some(Bson::Timestamp(at)) => Some(*at),
+                _ => None,
+            },
+        })
+    }
+
+    /// Inside the read, on its storage snapshot: the cluster time to report. A requested time
+    /// older than the snapshot's newest write is 239 `SnapshotTooOld`, since no history is
+    /// kept; a later one is read at the snapshot (nothing was committed in between).
+    pub(crate) fn pin(&self, read: &crate::storage::ReadCtx) -> CommandResult<bson::Timestamp> {
+        let newest = read.last_position()?;
+        match self.at {
+            Some(at) if crate::storage::position_of(at) < newest => Err(CommandError::new(
                 ErrorCode::SnapshotTooOld,
                 format!(
                     "Read timestamp {at} is older than the oldest available timestamp: embedded-db keeps no history"
                 ),
-            ));
+            )),
+            Some(at) => Ok(at),
+            None => Ok(crate::storage::timestamp_of(newest)),
         }
     }
-    Ok(())
 }
 
 /// What a command's `writeConcern` asks for, as far as a one-member replica set can tell.
@@ -298,12 +321,8 @@ mod tests {
 
     #[test]
     fn read_concerns_are_served_or_refused() {
-        let last = crate::storage::position_of(bson::Timestamp {
-            time: 100,
-            increment: 5,
-        });
         let check = |command: &str, rc: Document| {
-            check_read_concern(command, &doc! { "readConcern": rc }, last).map_err(|e| e.code)
+            check_read_concern(command, &doc! { "readConcern": rc }).map_err(|e| e.code)
         };
         let at = |time, increment| Bson::Timestamp(bson::Timestamp { time, increment });
         for level in ["local", "available", "majority", "linearizable"] {
@@ -318,14 +337,7 @@ mod tests {
                 doc! { "level": "snapshot", "atClusterTime": at(100, 5) }
             ),
             Ok(()),
-            "nothing was written after it"
-        );
-        assert_eq!(
-            check(
-                "find",
-                doc! { "level": "snapshot", "atClusterTime": at(100, 4) }
-            ),
-            Err(ErrorCode::SnapshotTooOld)
+            "checked against the read's own snapshot (SnapshotRead::pin)"
         );
         assert_eq!(
             check("count", doc! { "level": "snapshot" }),
@@ -345,7 +357,7 @@ mod tests {
         );
         assert_eq!(check("find", doc! { "x": 1 }), Err(ErrorCode::UnknownField));
         assert_eq!(
-            check_read_concern("find", &doc! { "readConcern": "local" }, last).map_err(|e| e.code),
+            check_read_concern("find", &doc! { "readConcern": "local" }).map_err(|e| e.code),
             Err(ErrorCode::TypeMismatch)
         );
     }

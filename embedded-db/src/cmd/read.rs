@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, Document};
 
-use super::generic::deadline_of;
+use super::generic::{deadline_of, SnapshotRead};
 use super::{
     cursor_reply, first_batch, opt_bool, opt_count, opt_document, opt_i64, take_batch, Request,
     BATCH_BYTES, DEFAULT_BATCH,
@@ -237,24 +237,39 @@ pub(super) async fn find(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docum
         .map(|l| usize::try_from(l.unsigned_abs()).unwrap_or(usize::MAX));
     let batch_size = opt_count(body, "batchSize")?;
     let ns_text = ns.to_string();
-    if let Some(sort) = sort {
-        let docs = db
+    let snapshot = SnapshotRead::of(body);
+    // A sorted find reads every match at once; so does a snapshot read (its later batches
+    // must come from the same snapshot).
+    if sort.is_some() || snapshot.is_some() {
+        let (docs, at) = db
             .store
             .read(move |read| {
+                let at = snapshot.map(|s| s.pin(read)).transpose()?;
                 let Some(meta) = read.collection(&ns)? else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), at));
                 };
-                let docs = sorted_matches(read, &meta, &filter, &sort, skip, limit, &deadline)?;
-                match &projection {
+                let docs = match &sort {
+                    Some(sort) => {
+                        sorted_matches(read, &meta, &filter, sort, skip, limit, &deadline)?
+                    }
+                    None => {
+                        let wanted = limit.map(|l| l.saturating_add(skip));
+                        let found = matching(read, &meta, &filter, &deadline, wanted)?;
+                        order_and_cut(found, None, skip, limit)
+                    }
+                };
+                let docs = match &projection {
                     Some(p) => docs
                         .iter()
                         .map(|d| p.apply_with_filter(d, Some(&filter)))
-                        .collect(),
-                    None => Ok(docs),
-                }
+                        .collect::<CommandResult<_>>()?,
+                    None => docs,
+                };
+                Ok((docs, at))
             })
             .await?;
-        return first_batch(db, &ns_text, docs, batch_size, single_batch);
+        let reply = first_batch(db, &ns_text, docs, batch_size, single_batch)?;
+        return Ok(with_cluster_time(reply, at));
     }
     // Without a sort, read only the first batch; the cursor resumes the scan.
     let batch_limit = batch_size.unwrap_or(DEFAULT_BATCH);
@@ -560,11 +575,13 @@ pub(super) async fn distinct(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
     crate::query::path::check_length(&key)?;
     let deadline = deadline_of(db, &req.body)?;
     let filter = Filter::parse(opt_document(&req.body, "query")?.unwrap_or(&Document::new()))?;
-    let values = db
+    let snapshot = SnapshotRead::of(&req.body);
+    let (values, at) = db
         .store
         .read(move |read| {
+            let at = snapshot.map(|s| s.pin(read)).transpose()?;
             let Some(meta) = read.collection(&ns)? else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), at));
             };
             let mut seen = std::collections::BTreeMap::new();
             let mut bytes = 0usize;
@@ -585,8 +602,21 @@ pub(super) async fn distinct(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
                 }
                 Ok(true)
             })?;
-            Ok(seen.into_values().collect::<Vec<Bson>>())
+            Ok((seen.into_values().collect::<Vec<Bson>>(), at))
         })
         .await?;
-    Ok(doc! { "values": values })
+    let mut reply = doc! { "values": values };
+    if let Some(at) = at {
+        reply.insert("atClusterTime", at);
+    }
+    Ok(reply)
+}
+
+/// A cursor reply with the cluster time of a snapshot read (`cursor.atClusterTime`), as
+/// mongod reports it and drivers' snapshot sessions read it.
+pub(super) fn with_cluster_time(mut reply: Document, at: Option<bson::Timestamp>) -> Document {
+    if let (Some(at), Ok(cursor)) = (at, reply.get_document_mut("cursor")) {
+        cursor.insert("atClusterTime", at);
+    }
+    reply
 }
