@@ -50,12 +50,6 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
                 "The 'cursor' option is required, except for aggregate with the explain argument",
             )),
         };
-    let stage_name = |stage: &Bson| {
-        stage
-            .as_document()
-            .and_then(|d| d.keys().next().cloned())
-            .unwrap_or_default()
-    };
     if stages
         .iter()
         .skip(1)
@@ -91,6 +85,14 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
     Ok(with_cluster_time(reply, at))
 }
 
+/// The name of a pipeline stage (its first key; empty when it is not a document).
+fn stage_name(stage: &Bson) -> &str {
+    stage
+        .as_document()
+        .and_then(|d| d.keys().next())
+        .map_or("", String::as_str)
+}
+
 /// Runs a read pipeline (over a collection, or from `$documents`): the cursor namespace, the
 /// results, and the cluster time of a snapshot read.
 async fn run_pipeline(
@@ -100,9 +102,8 @@ async fn run_pipeline(
 ) -> CommandResult<(String, Vec<Document>, Option<bson::Timestamp>)> {
     let deadline = deadline_of(db, &req.body)?;
     let snapshot = SnapshotRead::of(&req.body);
-    let first = stages.first().and_then(Bson::as_document);
-    if let Some(first) = first.filter(|s| s.keys().next().map(String::as_str) == Some("$documents"))
-    {
+    let first = stages.first().filter(|s| stage_name(s) == "$documents");
+    if let Some(first) = first.and_then(Bson::as_document) {
         let input = documents_stage(req, first)?;
         let rest = stages[1..].to_vec();
         let db_name = req.db.clone();

@@ -110,6 +110,15 @@ pub(crate) struct Validator {
 }
 
 impl Validator {
+    /// The validator a write applies to a collection with `options`: none with
+    /// `bypassDocumentValidation`.
+    pub(crate) fn for_write(options: &Document, bypass: bool) -> CommandResult<Option<Self>> {
+        if bypass {
+            return Ok(None);
+        }
+        Self::from_options(options)
+    }
+
     /// The validator described by collection options, or `None` when there is none (or
     /// its level is `off`). Query operators and `$expr` are supported; `$jsonSchema` is
     /// refused with `NotImplemented`, as the filter parser refuses it.

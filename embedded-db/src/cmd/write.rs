@@ -111,10 +111,7 @@ impl WriteOptions {
 
     /// The validator to apply to documents stored in `meta`'s collection.
     fn validator(&self, meta: &CollectionMeta) -> CommandResult<Option<Validator>> {
-        if self.bypass_validation {
-            return Ok(None);
-        }
-        Validator::from_options(&meta.options)
+        Validator::for_write(&meta.options, self.bypass_validation)
     }
 }
 

@@ -184,14 +184,14 @@ impl Filter {
 
     /// Whether an `$expr` is part of the filter (at the top or inside `$and`/`$or`/`$nor`).
     fn has_expr(&self) -> bool {
-        fn any(exprs: &[Expr]) -> bool {
+        fn contains_expr(exprs: &[Expr]) -> bool {
             exprs.iter().any(|e| match e {
-                Expr::And(subs) | Expr::Or(subs) | Expr::Nor(subs) => any(subs),
+                Expr::And(subs) | Expr::Or(subs) | Expr::Nor(subs) => contains_expr(subs),
                 Expr::Aggregate(_) => true,
                 Expr::Field(..) => false,
             })
         }
-        any(&self.exprs)
+        contains_expr(&self.exprs)
     }
 
     /// The value when the filter is exactly an equality on `_id` (`{_id: v}` or

@@ -93,22 +93,15 @@ impl WriteStage {
         docs: Vec<Document>,
         bypass_validation: bool,
     ) -> CommandResult<()> {
-        let validator = move |options: &Document| {
-            if bypass_validation {
-                Ok(None)
-            } else {
-                Validator::from_options(options)
-            }
-        };
         match self {
             WriteStage::Out(target) => {
                 db.store
-                    .write(move |ctx| replace_collection(ctx, &target, docs, validator))
+                    .write(move |ctx| replace_collection(ctx, &target, docs, bypass_validation))
                     .await
             }
             WriteStage::Merge(merge) => {
                 db.store
-                    .write(move |ctx| merge.run(ctx, docs, validator))
+                    .write(move |ctx| merge.run(ctx, docs, bypass_validation))
                     .await
             }
         }
@@ -187,7 +180,7 @@ fn replace_collection(
     ctx: &mut WriteCtx<'_>,
     target: &Namespace,
     docs: Vec<Document>,
-    validator: impl Fn(&Document) -> CommandResult<Option<Validator>>,
+    bypass_validation: bool,
 ) -> CommandResult<()> {
     let existing = ctx.collection(target)?;
     let temp = Namespace::new(&target.db, &format!("tmp.agg_out.{}", bson::Uuid::new()))?;
@@ -196,7 +189,7 @@ fn replace_collection(
         .map(|m| m.options.clone())
         .unwrap_or_default();
     // Refused before anything is written; the copied indexes are announced as mongod does.
-    let validator = validator(&options)?;
+    let validator = Validator::for_write(&options, bypass_validation)?;
     let mut meta = ctx.create_collection(&temp, options)?;
     for index in existing.iter().flat_map(|m| &m.indexes) {
         let copy = IndexMeta {
@@ -355,7 +348,7 @@ impl Merge {
         &self,
         ctx: &mut WriteCtx<'_>,
         docs: Vec<Document>,
-        validator: impl Fn(&Document) -> CommandResult<Option<Validator>>,
+        bypass_validation: bool,
     ) -> CommandResult<()> {
         let existing = ctx.collection(&self.into)?;
         let index = self.unique_index(existing.as_ref())?.cloned();
@@ -363,7 +356,7 @@ impl Merge {
             Some(meta) => meta,
             None => ctx.ensure_collection(&self.into)?,
         };
-        let validator = validator(&meta.options)?;
+        let validator = Validator::for_write(&meta.options, bypass_validation)?;
         for doc in docs {
             self.merge_one(ctx, &meta, index.as_ref(), validator.as_ref(), doc)?;
         }
