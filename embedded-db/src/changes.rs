@@ -26,9 +26,6 @@ const ALLOWED_STAGES: &[&str] = &[
     "$unset",
 ];
 
-/// Most bytes of events returned in one batch (MongoDB's reply budget).
-const BATCH_BYTES: usize = 16 * 1024 * 1024;
-
 const NON_RESUMABLE: &str = "NonResumableChangeStreamError";
 
 /// What a resume token points at. The discriminant is the token's last byte, so for one
@@ -315,7 +312,7 @@ impl ChangeStream {
         let mut full = false;
         let mut examined = self.position;
         read.for_each_after(self.position, &mut |pos, record| {
-            if events.len() >= limit || bytes >= BATCH_BYTES {
+            if events.len() >= limit || bytes >= crate::limits::BATCH_BYTES {
                 full = true;
                 return Ok(false);
             }

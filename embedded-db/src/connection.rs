@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::wire::{self, Request};
+use crate::wire::{self, Message};
 
 /// Capacity of a fresh read buffer: room for the handshake and typical commands.
 const INITIAL_CAPACITY: usize = 16 * 1024;
@@ -64,7 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Waits without limit for a message to start. A malformed or oversized frame, or one
     /// still incomplete `frame_timeout` after its first byte, is an error: the caller closes
     /// this connection only.
-    pub(crate) async fn read_request(&mut self) -> Result<Option<Request>, ConnError> {
+    pub(crate) async fn read_message(&mut self) -> Result<Option<Message>, ConnError> {
         let mut deadline = None;
         loop {
             if deadline.is_none() && !self.buffer.is_empty() {
@@ -100,7 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Parses the frame of `len` bytes at the front of the buffer and removes it; a buffer
     /// that grew for it is given back.
-    fn take_frame(&mut self, len: usize) -> Result<Request, ConnError> {
+    fn take_frame(&mut self, len: usize) -> Result<Message, ConnError> {
         let grown = self.buffer.capacity() > KEEP_CAPACITY;
         let request = wire::parse(&self.buffer[..len]);
         self.buffer.advance(len);
@@ -150,7 +150,7 @@ mod tests {
         let mut bytes = header(48_000_000);
         bytes.extend_from_slice(&[0; 10]);
         client.write_all(&bytes).await.expect("write");
-        let result = conn.read_request().await;
+        let result = conn.read_message().await;
         assert!(
             matches!(result, Err(ConnError::FrameTimeout(_))),
             "{result:?}"
@@ -172,14 +172,14 @@ mod tests {
         let mut bytes = wire::encode_request(1, &big).expect("encode");
         bytes.extend(wire::encode_request(2, &doc! { "ping": 1, "$db": "admin" }).expect("encode"));
         client.write_all(&bytes).await.expect("write");
-        let first = conn.read_request().await.expect("read").expect("a request");
+        let first = conn.read_message().await.expect("read").expect("a request");
         assert_eq!(first.request_id(), 1);
         assert!(
             conn.buffer.capacity() <= KEEP_CAPACITY,
             "capacity {} after a large message",
             conn.buffer.capacity()
         );
-        let second = conn.read_request().await.expect("read").expect("a request");
+        let second = conn.read_message().await.expect("read").expect("a request");
         assert_eq!(second.request_id(), 2);
     }
 
@@ -188,7 +188,7 @@ mod tests {
     async fn idle_time_is_not_limited() {
         let (mut idle, mut idle_client) = pair();
         let started = Instant::now();
-        let read = tokio::spawn(async move { idle.read_request().await.map(|r| r.is_some()) });
+        let read = tokio::spawn(async move { idle.read_message().await.map(|r| r.is_some()) });
         // A second connection whose message never completes: once it has timed out, the idle
         // one has been waiting longer than the frame timeout.
         let (mut partial, mut partial_client) = pair();
@@ -196,7 +196,7 @@ mod tests {
             .write_all(&header(1000))
             .await
             .expect("write");
-        let result = partial.read_request().await;
+        let result = partial.read_message().await;
         assert!(
             matches!(result, Err(ConnError::FrameTimeout(_))),
             "{result:?}"

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::cmd::FailPoints;
 use crate::cursor::Cursors;
+use crate::fail_point::FailPoints;
 use crate::storage::Store;
 
 /// Shared server state, behind an `Arc`.
@@ -192,7 +192,7 @@ impl ConnInfo {
     /// `ismaster`) before it runs, so that fail points filtered by `appName` apply to the
     /// handshake itself, as in `mongod`. Other commands are ignored.
     pub(crate) fn note_handshake(&self, command: &str, body: &bson::Document) {
-        if !matches!(command, "hello" | "isMaster" | "ismaster") || self.app_name.get().is_some() {
+        if crate::command_names::canonical(command) != "hello" || self.app_name.get().is_some() {
             return;
         }
         let name = body

@@ -18,35 +18,46 @@
 //!
 //! # Layout
 //!
-//! The data path, from socket to disk:
+//! The data path, from socket to disk; each module names only modules listed after it
+//! (`docs/architecture.md` has the rules, `layering.rs` tests them):
 //!
-//! - [`wire`]: bytes ↔ OP_MSG / OP_QUERY requests and OP_MSG / OP_REPLY replies (no I/O).
-//! - `connection`: a socket with a read buffer, reading whole frames within the frame timeout.
 //! - `server`: the server's own runtime, the listener with its connection limit, one task per
-//!   connection, graceful shutdown.
-//! - `cmd`: the dispatch table and the commands, one file per area (`read` holds the query
-//!   commands, `write` the write commands); `cmd/fail_point.rs` holds the test hooks behind
-//!   `configureFailPoint`.
-//! - `query`: filters, projections, sorting, update operators (`update/`: parsing,
-//!   positional paths, application, array operators), aggregation stages.
-//! - `changes`: change streams, resume tokens and event documents.
+//!   connection, shutdown.
+//! - `connection`: a socket with a read buffer, reading whole frames within the frame timeout.
+//! - `cmd`: the dispatch table (`cmd.rs`) over the commands, one file per area (`read`,
+//!   `write/` one file per write command, `catalog`, `aggregate`, `admin`, `explain`,
+//!   `fail_point` for `configureFailPoint`), which share `args` (reading arguments),
+//!   `reply` (cursor replies) and `generic_args` (`maxTimeMS`, `readConcern`, `writeConcern`).
+//! - `scan`: the read phase every command shares: matching documents from one snapshot.
+//! - `db`: the state every connection shares (storage, cursors, counters, fail points).
+//! - `fail_point`: the fail points' state and effects.
 //! - `cursor`: open cursors between `getMore`s.
-//! - `storage`: the redb tables (`schema`), the change log (`changelog`), the group-commit
-//!   writer thread (`writer`), snapshot reads (`read`) and transactional writes (`write`).
-//! - `limits`: what one request may cost: `maxTimeMS` deadlines and memory budgets.
+//! - `changes`: change streams, resume tokens and event documents.
+//! - `query`: filters, projections, sorting, update operators (`update/`: parsing,
+//!   positional paths, application, array operators), aggregation stages; no I/O.
+//! - `storage`: the redb tables (`schema`), the change log (`changelog`), snapshot reads
+//!   (`read`), transactional writes (`write`) and the group-commit writer thread (`writer`).
+//! - `limits`: what one request may cost: `maxTimeMS` deadlines, memory budgets, batch
+//!   sizes, thread stacks.
+//! - `command_names`: the names of the commands and their aliases (no behaviour).
+//! - [`wire`]: bytes ↔ OP_MSG / OP_QUERY requests and OP_MSG / OP_REPLY replies (no I/O).
 //! - `keys`: the order-preserving key encoding behind `_id` and unique indexes.
+//! - `namespace`: `db.collection` names and their rules.
 //! - [`error`]: MongoDB error codes and error documents.
 
 mod changes;
 mod cmd;
+mod command_names;
 mod connection;
 mod cursor;
 mod db;
 pub mod error;
+mod fail_point;
 mod keys;
 mod limits;
 mod namespace;
 mod query;
+mod scan;
 mod server;
 mod storage;
 pub mod wire;

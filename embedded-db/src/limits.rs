@@ -15,6 +15,18 @@ use crate::error::{CommandError, CommandResult, ErrorCode};
 /// Bytes a blocking sort, a grouping or one stage of a pipeline may hold (mongod's 100 MB).
 pub(crate) const BLOCKING_STAGE_BYTES: usize = 100 * 1024 * 1024;
 
+/// Stack size of every thread that handles client data: the server's runtime workers, its
+/// blocking pool (storage reads) and the storage writer thread.
+///
+/// Decoding, matching, cloning, encoding and dropping a document recurse once per nesting
+/// level, and the BSON decoder alone takes about 20 KiB a level in a debug build, so a
+/// document at `wire::MAX_NESTING_DEPTH` (200) needs about 4 MiB: more than the 2 MiB threads
+/// of a host runtime or a test harness have. 64 MiB leaves ample room. It is virtual memory,
+/// committed only as a thread really uses it.
+pub(crate) const THREAD_STACK_SIZE: usize = 64 * 1024 * 1024;
+/// Byte budget of one batch of documents or events: a reply must stay under the message limit.
+pub(crate) const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 /// How often [`Deadline::check`] reads the clock: every this many calls.
 const CHECK_EVERY: u32 = 64;
 

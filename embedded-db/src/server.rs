@@ -1,6 +1,7 @@
 //! The listener: accepts connections, runs one task per connection, and shuts
-//! down gracefully (stop accepting, let connections finish their current
-//! command, flush the writer).
+//! down (stop accepting, end every connection at its next await point — a command in
+//! flight is cancelled and gets no reply —, let the writer commit what it was given, close
+//! the data files).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,12 +14,14 @@ use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cmd::{self, FailPoints, Reply};
+use crate::cmd::{self, Reply};
 use crate::connection::{ConnError, Connection};
 use crate::cursor::{Cursors, IDLE_TIMEOUT};
 use crate::db::{ConnInfo, Db, ServerInfo};
+use crate::fail_point::FailPoints;
+use crate::limits::THREAD_STACK_SIZE;
 use crate::storage::{Store, StoreError};
-use crate::wire::{self, Request};
+use crate::wire::{self, Message};
 
 /// Default listen address (`EMBEDDED_DB_ADDR`).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:27017";
@@ -33,19 +36,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000;
 /// Default time a message may take to arrive once its first byte is in.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Stack size of every thread that handles client data: the server's runtime workers, its
-/// blocking pool (storage reads) and the storage writer thread.
-///
-/// Decoding, matching, cloning, encoding and dropping a document recurse once per nesting
-/// level, and the BSON decoder alone takes about 20 KiB a level in a debug build, so a
-/// document at `wire::MAX_NESTING_DEPTH` (200) needs about 4 MiB: more than the 2 MiB threads
-/// of a host runtime or a test harness have. 64 MiB leaves ample room. It is virtual memory,
-/// committed only as a thread really uses it.
-pub(crate) const THREAD_STACK_SIZE: usize = 64 * 1024 * 1024;
 /// Threads of the blocking pool at most (each with a [`THREAD_STACK_SIZE`] stack); further
 /// storage reads wait for a free one.
 const MAX_BLOCKING_THREADS: usize = 64;
-/// How long shutdown waits for connections to finish their current command.
+/// How long shutdown waits for connection tasks to end (each ends at its next await point,
+/// cancelling a command in flight) and for the runtime's threads to stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refused connections are logged at most this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -236,9 +231,9 @@ impl Server {
         &self.replica_set
     }
 
-    /// Stops accepting, waits (up to a few seconds) for connections to finish their current
-    /// command, closes the data files after every acknowledged write, and stops the server's
-    /// threads. Awaitable from any runtime; it never blocks the caller's thread.
+    /// Stops accepting, ends every connection at its next await point (a command in flight
+    /// is cancelled and gets no reply; a write already handed to the writer still commits),
+    /// closes the data files after every acknowledged write, and stops the server's threads. Awaitable from any runtime; it never blocks the caller's thread.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.task).await;
@@ -449,17 +444,17 @@ async fn serve_requests(
     conn: &ConnInfo,
 ) -> Result<(), ConnError> {
     let mut reply_id: i32 = 0;
-    while let Some(request) = connection.read_request().await? {
+    while let Some(request) = connection.read_message().await? {
         reply_id = reply_id.wrapping_add(1);
         let response_to = request.request_id();
         // OP_MSG is answered with OP_MSG, the legacy OP_QUERY handshake with OP_REPLY.
         let (reply, op_msg, more_to_come) = match request {
-            Request::Msg(msg) => (
+            Message::Msg(msg) => (
                 cmd::execute(db, conn, msg.body).await,
                 true,
                 msg.more_to_come,
             ),
-            Request::Query(query) => (cmd::execute_legacy(db, conn, &query).await, false, false),
+            Message::Query(query) => (cmd::execute_legacy(db, conn, &query).await, false, false),
         };
         let reply = match reply {
             Reply::Document(reply) => reply,

@@ -50,16 +50,16 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
 }
 
-/// A parsed request.
+/// A parsed request message (what a client sends; replies are encoded, never parsed here).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Request {
+pub enum Message {
     /// An OP_MSG command.
     Msg(OpMsg),
     /// A legacy OP_QUERY command (the handshake of Node and older pymongo).
     Query(OpQuery),
 }
 
-impl Request {
+impl Message {
     /// The request id the reply must name in `responseTo`.
     pub fn request_id(&self) -> i32 {
         match self {
@@ -110,7 +110,7 @@ pub fn frame_len(buf: &[u8]) -> Result<usize, Error> {
 }
 
 /// Parses one complete frame (exactly `frame_len` bytes).
-pub fn parse(frame: &[u8]) -> Result<Request, Error> {
+pub fn parse(frame: &[u8]) -> Result<Message, Error> {
     let len = frame_len(frame)?;
     if frame.len() != len {
         return Err(Error::Incomplete);
@@ -119,8 +119,8 @@ pub fn parse(frame: &[u8]) -> Result<Request, Error> {
     let op_code = read_i32(frame, 12).ok_or(Error::Incomplete)?;
     let body = &frame[HEADER_LEN..];
     match op_code {
-        OP_MSG => parse_op_msg(request_id, body).map(Request::Msg),
-        OP_QUERY => parse_op_query(request_id, body).map(Request::Query),
+        OP_MSG => parse_op_msg(request_id, body).map(Message::Msg),
+        OP_QUERY => parse_op_query(request_id, body).map(Message::Query),
         other => Err(invalid(format!("unsupported opCode {other}"))),
     }
 }
@@ -343,7 +343,7 @@ mod tests {
         let body = doc! { "ping": 1, "$db": "admin" };
         let frame = op_msg(0, &kind0(&body), &[]);
         assert_eq!(frame_len(&frame), Ok(frame.len()));
-        let Request::Msg(msg) = parse(&frame).expect("parses") else {
+        let Message::Msg(msg) = parse(&frame).expect("parses") else {
             panic!("expected OP_MSG")
         };
         assert_eq!(msg.request_id, 7);
@@ -365,7 +365,7 @@ mod tests {
         let mut sections = kind0(&doc! { "insert": "c", "$db": "t" });
         sections.extend_from_slice(&section);
         let frame = op_msg(FLAG_MORE_TO_COME, &sections, &[]);
-        let Request::Msg(msg) = parse(&frame).expect("parses") else {
+        let Message::Msg(msg) = parse(&frame).expect("parses") else {
             panic!("expected OP_MSG")
         };
         assert!(msg.more_to_come);
@@ -379,7 +379,7 @@ mod tests {
             &kind0(&doc! { "ping": 1 }),
             &[1, 2, 3, 4],
         );
-        assert!(matches!(parse(&frame), Ok(Request::Msg(_))));
+        assert!(matches!(parse(&frame), Ok(Message::Msg(_))));
     }
 
     #[test]
@@ -448,7 +448,7 @@ mod tests {
         // debug build.
         let limit = nested_bytes(MAX_NESTING_DEPTH);
         let decoded = std::thread::Builder::new()
-            .stack_size(crate::server::THREAD_STACK_SIZE)
+            .stack_size(crate::limits::THREAD_STACK_SIZE)
             .spawn(move || read_document(&limit, MAX_MESSAGE_LEN).map(|(_, len)| len))
             .expect("spawn a thread")
             .join()
@@ -467,7 +467,7 @@ mod tests {
             .to_writer(&mut out)
             .expect("encodes");
         let frame = finish(out).expect("small");
-        let Request::Query(q) = parse(&frame).expect("parses") else {
+        let Message::Query(q) = parse(&frame).expect("parses") else {
             panic!("expected OP_QUERY")
         };
         assert_eq!(q.full_collection_name, "admin.$cmd");

@@ -262,3 +262,36 @@ async fn list_and_drop_databases() {
         .await
         .expect("drop missing");
 }
+
+/// Every command `listCommands` names (test commands included) reaches a handler: run with a
+/// bare `{<name>: 1}` it may be refused for its arguments, but never as "no such command"
+/// (59), which only a name outside the dispatch table gets.
+#[tokio::test]
+async fn every_listed_command_is_dispatched() {
+    let server = common::start_with(|config| config.enable_test_commands = true).await;
+    let reply = admin(&server, doc! { "listCommands": 1 }).await;
+    let names: Vec<String> = reply
+        .get_document("commands")
+        .expect("commands")
+        .keys()
+        .cloned()
+        .collect();
+    assert!(
+        names.len() > 40,
+        "listCommands names {} commands",
+        names.len()
+    );
+    assert!(names.iter().any(|n| n == "configureFailPoint"));
+    let db = server.client.database("dispatch_check");
+    for name in names {
+        let result = db.run_command(doc! { name.as_str(): 1 }).await;
+        let code = result.as_ref().err().and_then(common::code_of);
+        assert_ne!(
+            code,
+            Some(59),
+            "{name} is listed but not dispatched: {result:?}"
+        );
+    }
+    let unknown = db.run_command(doc! { "noSuchCommand": 1 }).await;
+    assert_eq!(unknown.as_ref().err().and_then(common::code_of), Some(59));
+}

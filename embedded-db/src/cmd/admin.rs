@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use bson::{doc, Bson, Document};
 
-use super::Request;
+use super::args::Request;
 use crate::db::{ConnInfo, Db};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::storage::timestamp_of;
@@ -98,7 +98,7 @@ pub(super) fn get_parameter(db: &Db, req: &Request<'_>) -> CommandResult<Documen
     }
     let mut out = Document::new();
     for key in req.body.keys().skip(1) {
-        if super::GENERIC_ARGUMENTS.contains(&key.as_str()) {
+        if super::args::GENERIC_ARGUMENTS.contains(&key.as_str()) {
             continue;
         }
         if let Some(value) = all.get(key) {
@@ -207,15 +207,15 @@ pub(super) fn start_session() -> Document {
     }
 }
 
-/// Implements `listCommands`: the dispatch table, plus `configureFailPoint` when test
-/// commands are on.
-pub(super) fn list_commands(db: &Db) -> Document {
+/// Implements `listCommands`: `commands` (the dispatch table's names), plus `test_commands`
+/// when test commands are on.
+pub(super) fn list_commands(db: &Db, commands: &[&str], test_commands: &[&str]) -> Document {
     let test_only: &[&str] = if db.info.test_commands {
-        &["configureFailPoint"]
+        test_commands
     } else {
         &[]
     };
-    let mut names: Vec<&str> = super::COMMANDS.iter().chain(test_only).copied().collect();
+    let mut names: Vec<&str> = commands.iter().chain(test_only).copied().collect();
     names.sort_unstable();
     let commands: Document = names
         .into_iter()

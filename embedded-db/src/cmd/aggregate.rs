@@ -5,11 +5,9 @@ use std::sync::Arc;
 
 use bson::{Bson, Document};
 
-use super::generic::{deadline_of, SnapshotRead};
-use super::read::with_cluster_time;
-use super::{
-    cursor_reply, first_batch, opt_bool, opt_count, opt_document, read::for_each_match, Request,
-};
+use super::args::{opt_bool, opt_count, opt_document, Request};
+use super::generic_args::{deadline_of, SnapshotRead};
+use super::reply::{cursor_reply, first_batch, with_cluster_time};
 use crate::changes::{ChangeStream, Scope};
 use crate::cursor::{Cursor, CursorKind};
 use crate::db::Db;
@@ -18,6 +16,7 @@ use crate::limits::MemoryBudget;
 use crate::namespace::{validate_db, Namespace};
 use crate::query::aggregate::Pipeline;
 use crate::query::filter::Filter;
+use crate::scan::for_each_match;
 use crate::storage::Snapshot;
 
 mod output;
@@ -72,7 +71,7 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
     }
     // Counted as parsed, as mongod counts them (a pipeline that fails later still counts).
     db.stage_counters.count(&stages);
-    let write_stage = output::WriteStage::take(&mut stages, &req.db)?;
+    let write_stage = output::WriteStage::take(&mut stages, &req.database)?;
     let bypass_validation = opt_bool(&req.body, "bypassDocumentValidation")?.unwrap_or(false);
     let (ns_text, docs, at) = run_pipeline(db, req, stages).await?;
     let reply = match write_stage {
@@ -106,7 +105,7 @@ async fn run_pipeline(
     if let Some(first) = first.and_then(Bson::as_document) {
         let input = documents_stage(req, first)?;
         let rest = stages[1..].to_vec();
-        let db_name = req.db.clone();
+        let db_name = req.database.clone();
         let (docs, at) = db
             .store
             .read(move |read| {
@@ -116,7 +115,7 @@ async fn run_pipeline(
                 Ok((pipeline.run(input, &deadline)?, at))
             })
             .await?;
-        return Ok((format!("{}.$cmd.aggregate", req.db), docs, at));
+        return Ok((format!("{}.$cmd.aggregate", req.database), docs, at));
     }
     let ns = req.namespace().map_err(|_| {
         CommandError::new(
@@ -239,7 +238,7 @@ async fn change_stream(
             (Scope::Collection(ns), text)
         }
         _ if whole_cluster => {
-            if req.db != "admin" {
+            if req.database != "admin" {
                 return Err(CommandError::bad_value(
                     "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' database",
                 ));
@@ -247,15 +246,15 @@ async fn change_stream(
             (Scope::Cluster, "admin.$cmd.aggregate".to_owned())
         }
         Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_) => {
-            validate_db(&req.db)?;
-            if req.db == "admin" {
+            validate_db(&req.database)?;
+            if req.database == "admin" {
                 return Err(CommandError::bad_value(
                     "$changeStream on the admin database requires 'allChangesForCluster:true'",
                 ));
             }
             (
-                Scope::Database(req.db.clone()),
-                format!("{}.$cmd.aggregate", req.db),
+                Scope::Database(req.database.clone()),
+                format!("{}.$cmd.aggregate", req.database),
             )
         }
         _ => {
@@ -264,7 +263,7 @@ async fn change_stream(
             ))
         }
     };
-    let limit = batch_size.unwrap_or(super::DEFAULT_BATCH);
+    let limit = batch_size.unwrap_or(super::reply::DEFAULT_BATCH);
     let (stream, batch) = db
         .store
         .read(move |read| {

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 
-use super::{
-    command_options, documents_arg, first_batch, opt_bool, opt_count, opt_document, Request,
-};
+use super::args::{command_options, documents_arg, opt_bool, opt_count, opt_document, Request};
+use super::reply::first_batch;
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::{validate_db, Namespace};
@@ -53,7 +52,7 @@ pub(super) async fn drop(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Docum
 
 /// Implements `dropDatabase`: a `drop` change per collection, then `dropDatabase`.
 pub(super) async fn drop_database(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
-    let name = req.db.clone();
+    let name = req.database.clone();
     db.store
         .write(move |ctx| {
             let collections = ctx.collections(&name)?;
@@ -70,7 +69,7 @@ pub(super) async fn drop_database(db: &Arc<Db>, req: &Request<'_>) -> CommandRes
 
 /// Implements `listCollections` (cursor form; `filter`, `nameOnly`).
 pub(super) async fn list_collections(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
-    let name = req.db.clone();
+    let name = req.database.clone();
     validate_db(&name)?;
     let filter = Filter::parse(opt_document(&req.body, "filter")?.unwrap_or(&Document::new()))?;
     let name_only = opt_bool(&req.body, "nameOnly")?.unwrap_or(false);
@@ -152,7 +151,7 @@ pub(super) async fn list_databases(db: &Arc<Db>, req: &Request<'_>) -> CommandRe
 
 /// Implements `renameCollection` (on `admin`; `dropTarget` replaces an existing target).
 pub(super) async fn rename_collection(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
-    if req.db != "admin" {
+    if req.database != "admin" {
         return Err(CommandError::new(
             ErrorCode::IllegalOperation,
             "renameCollection may only be run against the admin database.",
@@ -507,7 +506,7 @@ fn select_indexes(meta: &CollectionMeta, target: &Bson) -> CommandResult<Vec<Str
 
 /// Implements `dbStats`.
 pub(super) async fn db_stats(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Document> {
-    let name = req.db.clone();
+    let name = req.database.clone();
     let (collections, objects, bytes, indexes) = {
         let name = name.clone();
         db.store

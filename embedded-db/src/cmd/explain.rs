@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use bson::{doc, Bson, Document};
 
-use super::{command_name, read, Request};
+use super::args::{command_name, Request};
+use super::read;
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::namespace::Namespace;
@@ -53,7 +54,7 @@ pub(super) async fn explain(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<Do
     };
     let inner = Request {
         body: inner.clone(),
-        db: req.db.clone(),
+        database: req.database.clone(),
         conn: req.conn,
     };
     describe(db, &inner, verbosity).await
@@ -65,7 +66,7 @@ pub(super) async fn aggregate(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<
     body.remove("explain");
     let inner = Request {
         body,
-        db: req.db.clone(),
+        database: req.database.clone(),
         conn: req.conn,
     };
     describe(db, &inner, VERBOSITIES[0]).await
@@ -94,7 +95,7 @@ async fn describe(db: &Arc<Db>, req: &Request<'_>, verbosity: &str) -> CommandRe
         reply.insert("executionStats", stats);
     }
     let mut command = req.body.clone();
-    command.insert("$db", req.db.clone());
+    command.insert("$db", req.database.clone());
     reply.insert("command", command);
     reply.insert(
         "serverInfo",
@@ -107,10 +108,10 @@ async fn describe(db: &Arc<Db>, req: &Request<'_>, verbosity: &str) -> CommandRe
 fn statement(req: &Request<'_>, name: &str) -> CommandResult<Statement> {
     let body = &req.body;
     let document = |key: &str| -> CommandResult<Option<Document>> {
-        Ok(super::opt_document(body, key)?.cloned())
+        Ok(super::args::opt_document(body, key)?.cloned())
     };
     let count = |key: &str| -> CommandResult<u64> {
-        Ok(super::opt_i64(body, key)?.map_or(0, i64::unsigned_abs))
+        Ok(super::args::opt_i64(body, key)?.map_or(0, i64::unsigned_abs))
     };
     let mut statement = Statement {
         ns: req.namespace()?,
@@ -122,7 +123,7 @@ fn statement(req: &Request<'_>, name: &str) -> CommandResult<Statement> {
         top: None,
         multi: false,
     };
-    match name {
+    match crate::command_names::canonical(name) {
         "find" => {
             statement.filter = document("filter")?.unwrap_or_default();
             statement.sort = document("sort")?.filter(|s| !s.is_empty());
@@ -170,7 +171,7 @@ fn statement(req: &Request<'_>, name: &str) -> CommandResult<Statement> {
             };
             statement.top = Some(if name == "update" { "UPDATE" } else { "DELETE" });
         }
-        "findAndModify" | "findandmodify" => {
+        "findAndModify" => {
             statement.filter = document("query")?.unwrap_or_default();
             statement.sort = document("sort")?.filter(|s| !s.is_empty());
             let removes = body.get_bool("remove").unwrap_or(false);
@@ -262,7 +263,7 @@ async fn execution_stats(
         }
         Request {
             body,
-            db: req.db.clone(),
+            database: req.database.clone(),
             conn: req.conn,
         }
     };

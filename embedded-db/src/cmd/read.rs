@@ -1,7 +1,6 @@
-//! Read commands: `find`, `getMore`, `killCursors`, `count`, `distinct`, and the scans
-//! they share with the write commands' read phase.
+//! Read commands: `find`, `getMore`, `killCursors`, `count`, `distinct`.
 //!
-//! Scans stream documents from storage one at a time, checking the command's `maxTimeMS` as
+//! Scans (in [`crate::scan`]) stream documents from storage one at a time, checking the command's `maxTimeMS` as
 //! they go. A `find` without a sort reads only its first batch and leaves a cursor that
 //! resumes the scan; a blocking sort holds at most 100 MB (292 beyond, whatever
 //! `allowDiskUse` says: embedded-db does not spill to disk).
@@ -11,185 +10,22 @@ use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, Document};
 
-use super::generic::{deadline_of, SnapshotRead};
-use super::{
-    cursor_reply, first_batch, opt_bool, opt_count, opt_document, opt_i64, take_batch, Request,
-    BATCH_BYTES, DEFAULT_BATCH,
-};
+use super::args::{opt_bool, opt_count, opt_document, opt_i64, Request};
+use super::generic_args::{deadline_of, SnapshotRead};
+use super::reply::{cursor_reply, first_batch, take_batch, with_cluster_time, DEFAULT_BATCH};
 use crate::cursor::{Cursor, CursorKind, ScanCursor};
 use crate::db::Db;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::keys;
-use crate::limits::{Deadline, MemoryBudget};
-use crate::namespace::Namespace;
+use crate::limits::{Deadline, BATCH_BYTES};
 use crate::query::filter::Filter;
 use crate::query::projection::Projection;
 use crate::query::sort::SortSpec;
-use crate::storage::{CollectionMeta, Position, Snapshot};
+use crate::scan::{for_each_match, matching, order_and_cut, sorted_matches};
+use crate::storage::{CollectionMeta, Snapshot};
 
 /// How long a change-stream `getMore` waits for events when the driver sets no `maxTimeMS`.
 const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
-
-/// Calls `visit` with each document of `meta` matching `filter` whose `_id` key sorts after
-/// `after` (empty: from the start), in `_id` order, with its key and stored size, until
-/// `visit` returns false. An `_id` equality is a point lookup. Checks `deadline` per document.
-pub(super) fn for_each_match(
-    read: &impl Snapshot,
-    meta: &CollectionMeta,
-    filter: &Filter,
-    deadline: &Deadline,
-    after: &[u8],
-    mut visit: impl FnMut(&[u8], usize, Document) -> CommandResult<bool>,
-) -> CommandResult<()> {
-    deadline.check()?;
-    if let Some(id) = filter.id_equality() {
-        let key = keys::encode(id);
-        if after.is_empty() || key.as_slice() > after {
-            if let Some(doc) = read.find_by_id(meta, id)? {
-                if filter.matches(&doc)? {
-                    let size = crate::limits::approx_size(&doc);
-                    visit(&key, size, doc)?;
-                }
-            }
-        }
-        return Ok(());
-    }
-    read.for_each_after(meta, after, &mut |key, size, doc| {
-        deadline.check()?;
-        if filter.matches(&doc)? {
-            visit(key, size, doc)
-        } else {
-            Ok(true)
-        }
-    })
-}
-
-/// The documents of `meta` matching `filter`, in `_id` order, at most `limit` of them.
-pub(super) fn matching(
-    read: &impl Snapshot,
-    meta: &CollectionMeta,
-    filter: &Filter,
-    deadline: &Deadline,
-    limit: Option<usize>,
-) -> CommandResult<Vec<Document>> {
-    let mut out = Vec::new();
-    if limit == Some(0) {
-        return Ok(out);
-    }
-    for_each_match(read, meta, filter, deadline, &[], |_, _, doc| {
-        out.push(doc);
-        Ok(limit.is_none_or(|l| out.len() < l))
-    })?;
-    Ok(out)
-}
-
-/// The documents matching `filter` in `sort` order, after skipping `skip`, at most `limit`
-/// of them. Only the documents that can still make the cut are held (a top-k with a
-/// limit), and they are held to the sort's memory budget.
-fn sorted_matches(
-    read: &impl Snapshot,
-    meta: &CollectionMeta,
-    filter: &Filter,
-    sort: &SortSpec,
-    skip: usize,
-    limit: Option<usize>,
-    deadline: &Deadline,
-) -> CommandResult<Vec<Document>> {
-    let keep = limit.map(|l| l.saturating_add(skip));
-    let mut budget = MemoryBudget::new("Sort");
-    let mut held: Vec<(Document, usize)> = Vec::new();
-    for_each_match(read, meta, filter, deadline, &[], |_, size, doc| {
-        budget.add_bytes(size)?;
-        held.push((doc, size));
-        // With a limit, cut back to the best `keep` whenever twice as many are held.
-        if let Some(keep) = keep.filter(|k| held.len() > k.saturating_mul(2).max(64)) {
-            held.sort_by(|a, b| sort.compare_docs(&a.0, &b.0));
-            for (_, size) in held.drain(keep..) {
-                budget.release(size);
-            }
-        }
-        Ok(true)
-    })?;
-    held.sort_by(|a, b| sort.compare_docs(&a.0, &b.0));
-    let docs = held.into_iter().map(|(d, _)| d).skip(skip);
-    Ok(match limit {
-        Some(limit) => docs.take(limit).collect(),
-        None => docs.collect(),
-    })
-}
-
-/// Applies sort, skip and limit to a matched set (the sort is stable).
-pub(super) fn order_and_cut(
-    mut docs: Vec<Document>,
-    sort: Option<&SortSpec>,
-    skip: usize,
-    limit: Option<usize>,
-) -> Vec<Document> {
-    if let Some(sort) = sort {
-        docs.sort_by(|a, b| sort.compare_docs(a, b));
-    }
-    let iter = docs.into_iter().skip(skip);
-    match limit {
-        Some(limit) => iter.take(limit).collect(),
-        None => iter.collect(),
-    }
-}
-
-/// What a write statement's read phase found on one snapshot.
-#[derive(Debug)]
-pub(super) struct Found {
-    /// The snapshot's position: the writer trusts `docs` if the collection was not written
-    /// after it.
-    pub(super) at: Position,
-    /// The matching documents in `sort` (else `_id`) order, at most `limit` of them; for an
-    /// unlimited search, only their `_id`s.
-    pub(super) docs: Vec<Document>,
-}
-
-/// The read phase of a write statement: the documents of `ns` matching `filter` on a fresh
-/// snapshot (with a `limit`, the first ones in `sort` order; without, every match reduced
-/// to its `_id`).
-pub(super) async fn search(
-    db: &Db,
-    ns: &Namespace,
-    filter: &Arc<Filter>,
-    sort: Option<&SortSpec>,
-    limit: Option<usize>,
-    deadline: &Deadline,
-) -> CommandResult<Found> {
-    let (ns, filter, sort, deadline) = (
-        ns.clone(),
-        Arc::clone(filter),
-        sort.cloned(),
-        deadline.clone(),
-    );
-    db.store
-        .read(move |read| {
-            let at = read.last_position()?;
-            let Some(meta) = read.collection(&ns)? else {
-                return Ok(Found {
-                    at,
-                    docs: Vec::new(),
-                });
-            };
-            let docs = match (&sort, limit) {
-                (Some(sort), _) => sorted_matches(read, &meta, &filter, sort, 0, limit, &deadline)?,
-                (None, Some(_)) => matching(read, &meta, &filter, &deadline, limit)?,
-                (None, None) => {
-                    let mut ids = Vec::new();
-                    for_each_match(read, &meta, &filter, &deadline, &[], |_, _, mut doc| {
-                        if let Some(id) = doc.remove("_id") {
-                            ids.push(doc! { "_id": id });
-                        }
-                        Ok(true)
-                    })?;
-                    ids
-                }
-            };
-            Ok(Found { at, docs })
-        })
-        .await
-}
 
 /// `find` options embedded-db does not honour; refused unless falsy.
 const FIND_REFUSED: &[&str] = &[
@@ -610,13 +446,4 @@ pub(super) async fn distinct(db: &Arc<Db>, req: &Request<'_>) -> CommandResult<D
         reply.insert("atClusterTime", at);
     }
     Ok(reply)
-}
-
-/// A cursor reply with the cluster time of a snapshot read (`cursor.atClusterTime`), as
-/// mongod reports it and drivers' snapshot sessions read it.
-pub(super) fn with_cluster_time(mut reply: Document, at: Option<bson::Timestamp>) -> Document {
-    if let (Some(at), Ok(cursor)) = (at, reply.get_document_mut("cursor")) {
-        cursor.insert("atClusterTime", at);
-    }
-    reply
 }

@@ -27,7 +27,7 @@ pub(super) fn bind(name: &str, mut body: Document) -> CommandResult<Document> {
         ));
     };
     let vars = values(&spec, &Document::new())?;
-    match name {
+    match crate::command_names::canonical(name) {
         "find" => {
             if let Some(Bson::Document(filter)) = body.get_mut("filter") {
                 in_filter(filter, &vars);
@@ -55,7 +55,7 @@ pub(super) fn bind(name: &str, mut body: Document) -> CommandResult<Document> {
                 }
             }
         }
-        "findAndModify" | "findandmodify" => {
+        "findAndModify" => {
             if let Some(Bson::Document(query)) = body.get_mut("query") {
                 in_filter(query, &vars);
             }

@@ -4,12 +4,7 @@ use bson::{Bson, Document};
 use redb::{ReadTransaction, ReadableTable};
 
 use super::changelog::Position;
-use super::schema::{
-    id_to_key, index_keys, CollectionMeta, IndexMeta, CATALOG, CHANGES, DOCUMENTS, META,
-    UNIQUE_KEYS,
-};
-use super::write::WriteCtx;
-use super::writer::storage_error;
+use super::schema::{storage_error, CollectionMeta, CATALOG, CHANGES, DOCUMENTS, META};
 use crate::error::CommandResult;
 use crate::keys;
 use crate::namespace::Namespace;
@@ -73,67 +68,6 @@ impl Snapshot for ReadCtx {
 
     fn find_by_id(&self, meta: &CollectionMeta, id: &Bson) -> CommandResult<Option<Document>> {
         let table = self.txn.open_table(DOCUMENTS).map_err(storage_error)?;
-        get_document(&table, meta, &keys::encode(id))
-    }
-}
-
-impl WriteCtx<'_> {
-    /// The document of `meta`'s collection holding the key `probe` gives in the unique index
-    /// `index` (a probe whose key fields hold no arrays gives one key), found through the
-    /// index, not by a scan: how `$merge` finds a result's match on its `on` fields.
-    pub(crate) fn find_by_unique_key(
-        &self,
-        meta: &CollectionMeta,
-        index: &IndexMeta,
-        probe: &Document,
-    ) -> CommandResult<Option<Document>> {
-        let keys = index_keys(index, probe)?;
-        let [(key, _)] = keys.as_slice() else {
-            return Ok(None);
-        };
-        let owner = {
-            let table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
-            let owner = table
-                .get((id_to_key(index.id), key.as_slice()))
-                .map_err(|e| self.fail(e))?;
-            owner.map(|o| o.value().to_vec())
-        };
-        let Some(id_key) = owner else {
-            return Ok(None);
-        };
-        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
-        get_document(&table, meta, &id_key)
-    }
-}
-
-impl Snapshot for WriteCtx<'_> {
-    fn for_each_after(
-        &self,
-        meta: &CollectionMeta,
-        after: &[u8],
-        visit: &mut DocVisitor<'_>,
-    ) -> CommandResult<()> {
-        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
-        visit_documents(&table, meta, after, visit)
-    }
-
-    fn collection(&self, ns: &Namespace) -> CommandResult<Option<CollectionMeta>> {
-        let table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
-        get_collection(&table, ns)
-    }
-
-    fn collections(&self, db: &str) -> CommandResult<Vec<(String, CollectionMeta)>> {
-        let table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
-        list_collections(&table, db)
-    }
-
-    fn scan(&self, meta: &CollectionMeta) -> CommandResult<Vec<Document>> {
-        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
-        scan_documents(&table, meta)
-    }
-
-    fn find_by_id(&self, meta: &CollectionMeta, id: &Bson) -> CommandResult<Option<Document>> {
-        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
         get_document(&table, meta, &keys::encode(id))
     }
 }
@@ -212,7 +146,7 @@ impl ReadCtx {
     }
 }
 
-fn get_collection(
+pub(super) fn get_collection(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     ns: &Namespace,
 ) -> CommandResult<Option<CollectionMeta>> {
@@ -224,7 +158,7 @@ fn get_collection(
     }
 }
 
-fn list_collections(
+pub(super) fn list_collections(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     db: &str,
 ) -> CommandResult<Vec<(String, CollectionMeta)>> {
@@ -259,7 +193,7 @@ fn collection_range<'a>(
         .map_err(storage_error)
 }
 
-fn scan_documents(
+pub(super) fn scan_documents(
     table: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
     meta: &CollectionMeta,
 ) -> CommandResult<Vec<Document>> {
@@ -271,7 +205,7 @@ fn scan_documents(
     Ok(out)
 }
 
-fn visit_documents(
+pub(super) fn visit_documents(
     table: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
     meta: &CollectionMeta,
     after: &[u8],
@@ -298,7 +232,7 @@ fn visit_documents(
     Ok(())
 }
 
-fn get_document(
+pub(super) fn get_document(
     table: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
     meta: &CollectionMeta,
     id_key: &[u8],

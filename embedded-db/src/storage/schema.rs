@@ -4,10 +4,39 @@ use bson::{doc, Bson, Document};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
+use super::changelog::{unix_seconds, Position};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::keys;
 use crate::namespace::Namespace;
 use crate::wire::MAX_BSON_OBJECT_SIZE;
+
+/// The writer's counters, persisted in [`META`] with every transaction.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Counters {
+    pub(super) last_position: Position,
+    pub(super) history_floor: Position,
+    pub(super) next_id: u64,
+    pub(super) change_count: u64,
+}
+
+impl Counters {
+    /// The next cluster time: wall-clock seconds, never going backwards.
+    pub(super) fn next_position(&mut self) -> Position {
+        let secs = unix_seconds().max(self.last_position >> 32);
+        self.last_position = if secs == self.last_position >> 32 {
+            self.last_position + 1
+        } else {
+            (secs << 32) | 1
+        };
+        self.last_position
+    }
+}
+
+/// Logs a storage failure and turns it into a generic client error.
+pub(super) fn storage_error(e: impl std::fmt::Display) -> CommandError {
+    tracing::error!(cause = %e, "storage operation failed");
+    CommandError::internal("storage operation failed")
+}
 
 /// Counters and positions: `last_position`, `history_floor`, `next_id`, `change_count`.
 pub(super) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");

@@ -8,12 +8,14 @@ use bson::{doc, Bson, Document};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use super::changelog::{CatalogOp, ChangeRecord, Position};
-use super::read::Snapshot;
-use super::schema::{
-    duplicate_key, encode_document, id_index_spec, id_to_key, index_keys, CollectionMeta,
-    IndexMeta, CATALOG, CHANGES, DOCUMENTS, ID_INDEX, UNIQUE_KEYS,
+use super::read::{
+    get_collection, get_document, list_collections, scan_documents, visit_documents, DocVisitor,
+    Snapshot,
 };
-use super::writer::{storage_error, Counters};
+use super::schema::{
+    duplicate_key, encode_document, id_index_spec, id_to_key, index_keys, storage_error,
+    CollectionMeta, Counters, IndexMeta, CATALOG, CHANGES, DOCUMENTS, ID_INDEX, UNIQUE_KEYS,
+};
 use crate::error::{CommandError, CommandResult, ErrorCode};
 use crate::keys;
 use crate::namespace::Namespace;
@@ -485,6 +487,67 @@ impl WriteCtx<'_> {
         }
         self.counters.change_count = table.len()?;
         Ok(())
+    }
+}
+
+impl Snapshot for WriteCtx<'_> {
+    fn for_each_after(
+        &self,
+        meta: &CollectionMeta,
+        after: &[u8],
+        visit: &mut DocVisitor<'_>,
+    ) -> CommandResult<()> {
+        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+        visit_documents(&table, meta, after, visit)
+    }
+
+    fn collection(&self, ns: &Namespace) -> CommandResult<Option<CollectionMeta>> {
+        let table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
+        get_collection(&table, ns)
+    }
+
+    fn collections(&self, db: &str) -> CommandResult<Vec<(String, CollectionMeta)>> {
+        let table = self.txn.open_table(CATALOG).map_err(|e| self.fail(e))?;
+        list_collections(&table, db)
+    }
+
+    fn scan(&self, meta: &CollectionMeta) -> CommandResult<Vec<Document>> {
+        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+        scan_documents(&table, meta)
+    }
+
+    fn find_by_id(&self, meta: &CollectionMeta, id: &Bson) -> CommandResult<Option<Document>> {
+        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+        get_document(&table, meta, &keys::encode(id))
+    }
+}
+
+impl WriteCtx<'_> {
+    /// The document of `meta`'s collection holding the key `probe` gives in the unique index
+    /// `index` (a probe whose key fields hold no arrays gives one key), found through the
+    /// index, not by a scan: how `$merge` finds a result's match on its `on` fields.
+    pub(crate) fn find_by_unique_key(
+        &self,
+        meta: &CollectionMeta,
+        index: &IndexMeta,
+        probe: &Document,
+    ) -> CommandResult<Option<Document>> {
+        let keys = index_keys(index, probe)?;
+        let [(key, _)] = keys.as_slice() else {
+            return Ok(None);
+        };
+        let owner = {
+            let table = self.txn.open_table(UNIQUE_KEYS).map_err(|e| self.fail(e))?;
+            let owner = table
+                .get((id_to_key(index.id), key.as_slice()))
+                .map_err(|e| self.fail(e))?;
+            owner.map(|o| o.value().to_vec())
+        };
+        let Some(id_key) = owner else {
+            return Ok(None);
+        };
+        let table = self.txn.open_table(DOCUMENTS).map_err(|e| self.fail(e))?;
+        get_document(&table, meta, &id_key)
     }
 }
 

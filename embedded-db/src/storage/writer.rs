@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::changelog::{unix_seconds, Position, RecentChanges};
 use super::read::ReadCtx;
-use super::schema::{CATALOG, CHANGES, DOCUMENTS, META, UNIQUE_KEYS};
+use super::schema::{storage_error, Counters, CATALOG, CHANGES, DOCUMENTS, META, UNIQUE_KEYS};
 use super::sessions::SESSIONS;
 use super::write::Touched;
 use super::write::WriteCtx;
@@ -34,28 +34,6 @@ pub(crate) enum StoreError {
     /// The database file could not be opened or initialised.
     #[error("cannot open database file: {0}")]
     Database(String),
-}
-
-/// The writer's counters, persisted in [`META`] with every transaction.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Counters {
-    pub(super) last_position: Position,
-    pub(super) history_floor: Position,
-    pub(super) next_id: u64,
-    pub(super) change_count: u64,
-}
-
-impl Counters {
-    /// The next cluster time: wall-clock seconds, never going backwards.
-    pub(super) fn next_position(&mut self) -> Position {
-        let secs = unix_seconds().max(self.last_position >> 32);
-        self.last_position = if secs == self.last_position >> 32 {
-            self.last_position + 1
-        } else {
-            (secs << 32) | 1
-        };
-        self.last_position
-    }
 }
 
 type Completion = Box<dyn FnOnce(CommandResult<()>) + Send>;
@@ -110,7 +88,7 @@ impl Store {
         let writer_db = Arc::clone(&db);
         std::thread::Builder::new()
             .name("embedded-db-writer".into())
-            .stack_size(crate::server::THREAD_STACK_SIZE)
+            .stack_size(crate::limits::THREAD_STACK_SIZE)
             .spawn(move || {
                 let stop = writer_loop(
                     &writer_db,
@@ -209,12 +187,6 @@ impl Store {
 
 fn shutting_down() -> CommandError {
     CommandError::new(ErrorCode::ShutdownInProgress, "The server is shutting down")
-}
-
-/// Logs a storage failure and turns it into a generic client error.
-pub(super) fn storage_error(e: impl std::fmt::Display) -> CommandError {
-    tracing::error!(cause = %e, "storage operation failed");
-    CommandError::internal("storage operation failed")
 }
 
 fn init_counters(db: &Database) -> Result<Counters, redb::Error> {
