@@ -54,6 +54,8 @@ mod db;
 pub mod error;
 mod fail_point;
 mod keys;
+#[cfg(test)]
+mod layering;
 mod limits;
 mod namespace;
 mod query;
