@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use bson::{Bson, Document};
 use regex::{Regex, RegexBuilder};
 
-use super::compare::{bracket, compare, type_code, values_equal};
+use super::compare::{bracket, compare, is_true, truthy, type_code, values_equal};
 use super::num::{as_integral, Num};
 use super::path;
 use crate::error::{CommandError, CommandResult, ErrorCode};
@@ -290,7 +290,7 @@ impl Expr {
             Expr::Field(p, conds) => conds
                 .iter()
                 .all(|c| c.eval(&|t| path::any_value(doc, p, &mut |v| t(v)))),
-            Expr::Aggregate(expr) => super::expr::is_true(expr.eval(doc)?.as_ref()),
+            Expr::Aggregate(expr) => is_true(expr.eval(doc)?.as_ref()),
         })
     }
 }
@@ -507,15 +507,6 @@ fn parse_ops(spec: &Document) -> CommandResult<Vec<Cond>> {
     };
     conds.extend(pattern.map(|p| Cond::Op(Op::Regex(Box::new(p)))));
     Ok(conds)
-}
-
-/// MongoDB truthiness of an option value: false, null, undefined and zero are false.
-pub(crate) fn truthy(v: &Bson) -> bool {
-    match v {
-        Bson::Boolean(b) => *b,
-        Bson::Null | Bson::Undefined => false,
-        other => Num::from_bson(other).is_none_or(|n| !n.is_zero()),
-    }
 }
 
 fn parse_in(op: &str, v: &Bson) -> CommandResult<Box<InSet>> {
