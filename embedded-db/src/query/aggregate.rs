@@ -1,7 +1,12 @@
-//! Aggregation pipelines over in-memory documents: `$match`, `$project`,
-//! `$addFields`/`$set`, `$unset`, `$sort`, `$limit`, `$skip`, `$group`,
-//! `$count`, `$unwind`, `$replaceRoot`/`$replaceWith`, and `$lookup` / `$unionWith` over
-//! the documents of another collection, loaded before the run ([`Pipeline::resolve`]).
+//! The pipeline layer of aggregation: parsing stages and running them over in-memory
+//! documents: `$match`, `$project`, `$addFields`/`$set`, `$unset`, `$sort`, `$limit`, `$skip`,
+//! `$group`, `$count`, `$unwind`, `$replaceRoot`/`$replaceWith`, `$facet`, and `$lookup` /
+//! `$unionWith` over the documents of another collection, loaded before the run
+//! ([`Pipeline::resolve`]).
+//!
+//! The command layer is `cmd/aggregate.rs` (the `aggregate` command): it reads the collection,
+//! handles `$changeStream`, `$documents` and the write stages `$out`/`$merge`, and hands the
+//! rest of the pipeline to [`Pipeline`] here.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
