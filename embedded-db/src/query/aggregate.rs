@@ -58,6 +58,34 @@ enum Stage {
     Facet(Vec<(String, Pipeline)>),
 }
 
+/// Every stage the server runs, sorted by name: those [`Pipeline::parse`] builds, and the ones
+/// the `aggregate` command (`cmd/aggregate.rs`) takes off the pipeline before parsing it:
+/// `$changeStream` and `$documents` as the first stage, `$out` and `$merge` as the last. The
+/// unit tests hold `parse_stage` to this list, and `serverStatus`'s `aggStageCounters` reports
+/// exactly these names.
+pub(crate) const STAGE_NAMES: [&str; 20] = [
+    "$addFields",
+    "$changeStream",
+    "$count",
+    "$documents",
+    "$facet",
+    "$group",
+    "$limit",
+    "$lookup",
+    "$match",
+    "$merge",
+    "$out",
+    "$project",
+    "$replaceRoot",
+    "$replaceWith",
+    "$set",
+    "$skip",
+    "$sort",
+    "$unionWith",
+    "$unset",
+    "$unwind",
+];
+
 /// MongoDB stages this server knows of but does not run.
 const UNSUPPORTED: [&str; 9] = [
     "$graphLookup",
@@ -724,5 +752,59 @@ mod tests {
                 .code,
             ErrorCode::InvalidPipelineOperator
         );
+    }
+
+    /// The stages of [`STAGE_NAMES`] that the `aggregate` command takes off before parsing.
+    const TAKEN_BEFORE_PARSE: [&str; 4] = ["$changeStream", "$documents", "$merge", "$out"];
+
+    /// A minimal valid argument for each stage `parse_stage` builds.
+    fn minimal_argument(name: &str) -> Option<Bson> {
+        Some(match name {
+            "$addFields" | "$set" | "$project" => bson!({ "a": 1 }),
+            "$count" => bson!("n"),
+            "$facet" => bson!({ "f": [] }),
+            "$group" => bson!({ "_id": null }),
+            "$limit" => bson!(1),
+            "$lookup" => {
+                bson!({ "from": "c", "localField": "a", "foreignField": "b", "as": "j" })
+            }
+            "$match" => bson!({}),
+            "$replaceRoot" => bson!({ "newRoot": "$a" }),
+            "$replaceWith" | "$unwind" => bson!("$a"),
+            "$skip" => bson!(0),
+            "$sort" => bson!({ "a": 1 }),
+            "$unionWith" => bson!("c"),
+            "$unset" => bson!("a"),
+            _ => return None,
+        })
+    }
+
+    /// `STAGE_NAMES` is sorted without repeats, `parse_stage` builds each of its stages but the
+    /// ones the `aggregate` command takes off first, and refuses those.
+    #[test]
+    fn stage_names_are_the_stages_parse_stage_builds() {
+        assert!(STAGE_NAMES.windows(2).all(|w| w[0] < w[1]));
+        for name in STAGE_NAMES {
+            if TAKEN_BEFORE_PARSE.contains(&name) {
+                assert!(parse_stage(name, &bson!({})).is_err(), "{name}");
+                continue;
+            }
+            let arg = minimal_argument(name).unwrap_or_else(|| panic!("{name}: no argument"));
+            if let Err(e) = parse_stage(name, &arg) {
+                panic!("{name}: {}", e.msg);
+            }
+        }
+    }
+
+    /// A stage name outside `STAGE_NAMES` is refused, known to mongod or not.
+    #[test]
+    fn names_outside_stage_names_are_refused() {
+        for name in UNSUPPORTED
+            .iter()
+            .chain(&["$foo", "$search", "$indexStats"])
+        {
+            assert!(!STAGE_NAMES.contains(name), "{name}");
+            assert!(parse_stage(name, &bson!({})).is_err(), "{name}");
+        }
     }
 }
