@@ -93,23 +93,8 @@ impl OpCounters {
     }
 }
 
-/// Stages `aggStageCounters` reports, as mongod does: every stage the server knows, used or not.
-const COUNTED_STAGES: [&str; 14] = [
-    "$addFields",
-    "$changeStream",
-    "$count",
-    "$group",
-    "$limit",
-    "$match",
-    "$project",
-    "$replaceRoot",
-    "$replaceWith",
-    "$set",
-    "$skip",
-    "$sort",
-    "$unset",
-    "$unwind",
-];
+/// Stages `aggStageCounters` reports, as mongod does: every stage the server runs, used or not.
+const COUNTED_STAGES: &[&str] = &crate::query::aggregate::STAGE_NAMES;
 
 /// `serverStatus.metrics.aggStageCounters`: how many accepted pipelines used each stage (a
 /// change stream counts once when it is opened, not per `getMore`).

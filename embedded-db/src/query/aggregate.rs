@@ -1,22 +1,35 @@
-//! Aggregation pipelines over in-memory documents: `$match`, `$project`,
-//! `$addFields`/`$set`, `$unset`, `$sort`, `$limit`, `$skip`, `$group`,
-//! `$count`, `$unwind`, `$replaceRoot`/`$replaceWith`, and `$lookup` / `$unionWith` over
-//! the documents of another collection, loaded before the run ([`Pipeline::resolve`]).
-
-use std::cmp::Ordering;
-use std::collections::BTreeMap;
+//! The pipeline layer of aggregation: parsing stages and running them over in-memory
+//! documents: `$match`, `$project`, `$addFields`/`$set`, `$unset`, `$sort`, `$limit`, `$skip`,
+//! `$group`, `$count`, `$unwind`, `$replaceRoot`/`$replaceWith`, `$facet`, and `$lookup` /
+//! `$unionWith` over the documents of another collection, loaded before the run
+//! ([`Pipeline::resolve`]).
+//!
+//! The command layer is `cmd/aggregate.rs` (the `aggregate` command): it reads the collection,
+//! handles `$changeStream`, `$documents` and the write stages `$out`/`$merge`, and hands the
+//! rest of the pipeline to [`Pipeline`] here.
 
 use bson::{Bson, Document};
 
-use super::compare::{compare, type_name, values_equal};
+use super::compare::type_name;
 use super::expr::Expr;
 use super::filter::Filter;
-use super::num::{as_integral, Num};
+use super::num::as_integral;
 use super::path::{self, split_first};
 use super::projection::{Projection, ProjectionKind};
 use super::sort::SortSpec;
 use crate::error::{CommandError, CommandResult, ErrorCode};
-use crate::limits::{approx_value_size, Deadline, MemoryBudget};
+use crate::limits::{Deadline, MemoryBudget};
+
+mod facet;
+mod group;
+mod lookup;
+mod union_with;
+mod unwind;
+
+use group::{Group, Groups};
+use lookup::Lookup;
+use union_with::UnionWith;
+use unwind::Unwind;
 
 /// Most stages a pipeline may have (mongod's `internalPipelineLengthLimit`).
 const MAX_STAGES: usize = 1000;
@@ -45,39 +58,33 @@ enum Stage {
     Facet(Vec<(String, Pipeline)>),
 }
 
-/// `$lookup`: joins each document with the documents of another collection of the same
-/// database, by equal fields and/or a pipeline (with `let` variables from the document).
-#[derive(Debug, Clone)]
-struct Lookup {
-    from: String,
-    /// `localField` and `foreignField`, when joined by equality.
-    fields: Option<(String, String)>,
-    /// `let`: variables evaluated against each input document.
-    vars: Document,
-    /// `pipeline`, if given.
-    pipeline: Option<JoinPipeline>,
-    /// `as`: where the matches go.
-    into: String,
-    /// The documents of `from`, loaded by [`Pipeline::resolve`] before the run.
-    foreign: Vec<Document>,
-}
-
-/// A `$lookup`'s pipeline: parsed once when it has no `let` variables; otherwise kept raw,
-/// then bound to each input document's values and parsed.
-#[derive(Debug, Clone)]
-enum JoinPipeline {
-    Fixed(Pipeline),
-    PerDocument(Vec<Bson>),
-}
-
-/// `$unionWith`: the documents of another collection (through a pipeline) after the input.
-#[derive(Debug, Clone)]
-struct UnionWith {
-    coll: String,
-    pipeline: Option<Pipeline>,
-    /// The documents of `coll`, loaded by [`Pipeline::resolve`] before the run.
-    foreign: Vec<Document>,
-}
+/// Every stage the server runs, sorted by name: those [`Pipeline::parse`] builds, and the ones
+/// the `aggregate` command (`cmd/aggregate.rs`) takes off the pipeline before parsing it:
+/// `$changeStream` and `$documents` as the first stage, `$out` and `$merge` as the last. The
+/// unit tests hold `parse_stage` to this list, and `serverStatus`'s `aggStageCounters` reports
+/// exactly these names.
+pub(crate) const STAGE_NAMES: [&str; 20] = [
+    "$addFields",
+    "$changeStream",
+    "$count",
+    "$documents",
+    "$facet",
+    "$group",
+    "$limit",
+    "$lookup",
+    "$match",
+    "$merge",
+    "$out",
+    "$project",
+    "$replaceRoot",
+    "$replaceWith",
+    "$set",
+    "$skip",
+    "$sort",
+    "$unionWith",
+    "$unset",
+    "$unwind",
+];
 
 /// MongoDB stages this server knows of but does not run.
 const UNSUPPORTED: [&str; 9] = [
@@ -335,7 +342,7 @@ fn parse_stage(name: &str, arg: &Bson) -> CommandResult<Stage> {
         "$unwind" => Stage::Unwind(Unwind::parse(arg)?),
         "$lookup" => Stage::Lookup(Box::new(Lookup::parse(object("$lookup")?)?)),
         "$unionWith" => Stage::UnionWith(Box::new(UnionWith::parse(arg)?)),
-        "$facet" => Stage::Facet(parse_facet(object("$facet")?)?),
+        "$facet" => Stage::Facet(facet::parse(object("$facet")?)?),
         "$replaceRoot" => match object("$replaceRoot")?.get("newRoot") {
             Some(root) => Stage::ReplaceRoot(Expr::parse(root)?),
             None => return Err(CommandError::bad_value("no newRoot specified for the $replaceRoot stage")),
@@ -513,153 +520,6 @@ fn label(name: &str) -> &'static str {
     }
 }
 
-impl Lookup {
-    fn parse(spec: &Document) -> CommandResult<Lookup> {
-        let text = |key: &str| -> CommandResult<Option<String>> {
-            match spec.get(key) {
-                None => Ok(None),
-                Some(Bson::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(CommandError::failed_to_parse(format!(
-                    "$lookup argument '{key}' must be a string"
-                ))),
-            }
-        };
-        for key in spec.keys() {
-            if !matches!(
-                key.as_str(),
-                "from" | "localField" | "foreignField" | "let" | "pipeline" | "as"
-            ) {
-                return Err(CommandError::failed_to_parse(format!(
-                    "unknown argument to $lookup: {key}"
-                )));
-            }
-        }
-        let from = text("from")?.ok_or_else(|| {
-            CommandError::failed_to_parse("missing 'from' option to $lookup stage specification")
-        })?;
-        let into = text("as")?.ok_or_else(|| {
-            CommandError::failed_to_parse("must specify 'as' field for a $lookup")
-        })?;
-        let fields = match (text("localField")?, text("foreignField")?) {
-            (Some(local), Some(foreign)) => Some((local, foreign)),
-            (None, None) => None,
-            _ => {
-                return Err(CommandError::failed_to_parse(
-                    "$lookup requires both or neither of 'localField' and 'foreignField' to be specified",
-                ))
-            }
-        };
-        let vars = match spec.get("let") {
-            None => Document::new(),
-            Some(Bson::Document(vars)) => vars.clone(),
-            Some(_) => {
-                return Err(CommandError::failed_to_parse(
-                    "$lookup argument 'let' must be an object",
-                ))
-            }
-        };
-        let pipeline = match spec.get("pipeline") {
-            None => None,
-            Some(Bson::Array(stages)) => {
-                // Checked now, with every variable bound to null: a stage that cannot parse
-                // fails the command, not the first document it meets.
-                refuse_write_stages(stages, ErrorCode::WriteStageInLookup, "$lookup")?;
-                let mut probe = stages.clone();
-                let nulls: Document = vars.keys().map(|k| (k.clone(), Bson::Null)).collect();
-                super::variables::in_pipeline(&mut probe, &nulls);
-                let parsed = Pipeline::parse(&probe)?;
-                if parsed.reads_other_collections() {
-                    return Err(CommandError::new(
-                        ErrorCode::NotImplemented,
-                        "a $lookup or $unionWith inside a $lookup pipeline is not supported by embedded-db",
-                    ));
-                }
-                Some(if vars.is_empty() {
-                    JoinPipeline::Fixed(parsed)
-                } else {
-                    JoinPipeline::PerDocument(stages.clone())
-                })
-            }
-            Some(_) => {
-                return Err(CommandError::failed_to_parse(
-                    "$lookup argument 'pipeline' must be an array",
-                ))
-            }
-        };
-        if fields.is_none() && pipeline.is_none() {
-            return Err(CommandError::failed_to_parse(
-                "$lookup requires either 'pipeline' or both 'localField' and 'foreignField' to be specified",
-            ));
-        }
-        Ok(Lookup {
-            from,
-            fields,
-            vars,
-            pipeline,
-            into,
-            foreign: Vec::new(),
-        })
-    }
-
-    /// Puts each document's matches (in the foreign collection's order) into `as`.
-    fn run(&self, docs: Vec<Document>, deadline: &Deadline) -> CommandResult<Vec<Document>> {
-        // Foreign documents by the encoded values of `foreignField` (missing or null: null).
-        let mut by_value: std::collections::HashMap<Vec<u8>, Vec<usize>> =
-            std::collections::HashMap::new();
-        if let Some((_, foreign_field)) = &self.fields {
-            for (i, f) in self.foreign.iter().enumerate() {
-                deadline.check()?;
-                let mut keys: Vec<Vec<u8>> = crate::keys::index_values(f, foreign_field)
-                    .iter()
-                    .map(crate::keys::encode)
-                    .collect();
-                keys.sort();
-                keys.dedup();
-                for key in keys {
-                    by_value.entry(key).or_default().push(i);
-                }
-            }
-        }
-        let mut out = Output::new("$lookup", docs.len());
-        for mut d in docs {
-            deadline.check()?;
-            let candidates: Vec<Document> = match &self.fields {
-                Some((local_field, _)) => {
-                    let mut hits: Vec<usize> = crate::keys::index_values(&d, local_field)
-                        .iter()
-                        .filter_map(|v| by_value.get(&crate::keys::encode(v)))
-                        .flatten()
-                        .copied()
-                        .collect();
-                    hits.sort_unstable();
-                    hits.dedup();
-                    hits.into_iter().map(|i| self.foreign[i].clone()).collect()
-                }
-                None => self.foreign.clone(),
-            };
-            let matched = match &self.pipeline {
-                Some(JoinPipeline::Fixed(pipeline)) => pipeline.run(candidates, deadline)?,
-                Some(JoinPipeline::PerDocument(stages)) => {
-                    let vars = super::variables::values(&self.vars, &d)?;
-                    let mut stages = stages.clone();
-                    super::variables::in_pipeline(&mut stages, &vars);
-                    Pipeline::parse(&stages)?.run(candidates, deadline)?
-                }
-                None => candidates,
-            };
-            add_field(
-                &mut d,
-                &self.into,
-                Some(&Bson::Array(
-                    matched.into_iter().map(Bson::Document).collect(),
-                )),
-            );
-            out.push(d)?;
-        }
-        Ok(out.docs)
-    }
-}
-
 /// Refuses `$out` and `$merge` in the sub-pipeline of stage `within` with mongod's `code`.
 fn refuse_write_stages(stages: &[Bson], code: ErrorCode, within: &str) -> CommandResult<()> {
     let names = stages
@@ -674,87 +534,6 @@ fn refuse_write_stages(stages: &[Bson], code: ErrorCode, within: &str) -> Comman
             format!("{name} is not allowed within a {within}'s sub-pipeline"),
         )),
         None => Ok(()),
-    }
-}
-
-/// `$facet`'s named pipelines; mongod refuses an empty spec, a non-array facet and the stages
-/// that cannot run inside one (`$facet`, `$out`, `$merge`, `$changeStream`: 40600).
-fn parse_facet(spec: &Document) -> CommandResult<Vec<(String, Pipeline)>> {
-    if spec.is_empty() {
-        return Err(CommandError::bad_value(
-            "the $facet specification must be a non-empty object",
-        ));
-    }
-    let mut facets = Vec::with_capacity(spec.len());
-    for (name, stages) in spec {
-        let Bson::Array(stages) = stages else {
-            return Err(CommandError::type_mismatch(format!(
-                "arguments to $facet must be arrays, {name} is type {}",
-                type_name(stages)
-            )));
-        };
-        for stage in stages {
-            let inner = stage.as_document().and_then(|d| d.keys().next());
-            if let Some(inner) = inner
-                .filter(|n| matches!(n.as_str(), "$facet" | "$out" | "$merge" | "$changeStream"))
-            {
-                return Err(CommandError::new(
-                    ErrorCode::FacetStageNotAllowed,
-                    format!("{inner} is not allowed to be used within a $facet stage"),
-                ));
-            }
-        }
-        facets.push((name.clone(), Pipeline::parse(stages)?));
-    }
-    Ok(facets)
-}
-
-impl UnionWith {
-    fn parse(arg: &Bson) -> CommandResult<UnionWith> {
-        let (coll, pipeline) = match arg {
-            Bson::String(coll) => (coll.clone(), None),
-            Bson::Document(spec) => {
-                let coll = spec.get_str("coll").map_err(|_| {
-                    CommandError::failed_to_parse("$unionWith requires a 'coll' string")
-                })?;
-                let pipeline = match spec.get("pipeline") {
-                    None => None,
-                    Some(Bson::Array(stages)) => {
-                        refuse_write_stages(
-                            stages,
-                            ErrorCode::WriteStageInUnionWith,
-                            "$unionWith",
-                        )?;
-                        Some(Pipeline::parse(stages)?)
-                    }
-                    Some(_) => {
-                        return Err(CommandError::failed_to_parse(
-                            "$unionWith 'pipeline' must be an array",
-                        ))
-                    }
-                };
-                (coll.to_owned(), pipeline)
-            }
-            _ => {
-                return Err(CommandError::failed_to_parse(
-                    "the $unionWith stage specification must be an object or string",
-                ))
-            }
-        };
-        if pipeline
-            .as_ref()
-            .is_some_and(Pipeline::reads_other_collections)
-        {
-            return Err(CommandError::new(
-                ErrorCode::NotImplemented,
-                "a $lookup or $unionWith inside a $unionWith pipeline is not supported by embedded-db",
-            ));
-        }
-        Ok(UnionWith {
-            coll,
-            pipeline,
-            foreign: Vec::new(),
-        })
     }
 }
 
@@ -832,36 +611,8 @@ impl Stage {
                 return Ok(out.docs);
             }
             Stage::Lookup(lookup) => return lookup.run(docs, deadline),
-            Stage::Facet(facets) => {
-                let mut out = Document::new();
-                let mut budget = MemoryBudget::new("$facet");
-                for (name, pipeline) in facets {
-                    let results = pipeline.run(docs.clone(), deadline)?;
-                    for d in &results {
-                        budget.add(d)?;
-                    }
-                    out.insert(
-                        name.clone(),
-                        Bson::Array(results.into_iter().map(Bson::Document).collect()),
-                    );
-                }
-                return Ok(vec![out]);
-            }
-            Stage::UnionWith(union) => {
-                let mut out = Output::new("$unionWith", docs.len());
-                for d in docs {
-                    out.push(d)?;
-                }
-                let theirs = match &union.pipeline {
-                    Some(pipeline) => pipeline.run(union.foreign.clone(), deadline)?,
-                    None => union.foreign.clone(),
-                };
-                for d in theirs {
-                    deadline.check()?;
-                    out.push(d)?;
-                }
-                return Ok(out.docs);
-            }
+            Stage::Facet(facets) => return facet::run(facets, &docs, deadline),
+            Stage::UnionWith(union) => return union.run(docs, deadline),
             Stage::ReplaceRoot(e) => {
                 let mut out = Output::new(label(name), docs.len());
                 for d in &docs {
@@ -883,385 +634,21 @@ impl Stage {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Unwind {
-    path: String,
-    index: Option<String>,
-    preserve: bool,
-}
-
-impl Unwind {
-    fn parse(arg: &Bson) -> CommandResult<Unwind> {
-        let (path, index, preserve) = match arg {
-            Bson::String(p) => (p.as_str(), None, false),
-            Bson::Document(d) => {
-                if let Some(k) = d.keys().find(|k| {
-                    !matches!(
-                        k.as_str(),
-                        "path" | "includeArrayIndex" | "preserveNullAndEmptyArrays"
-                    )
-                }) {
-                    return Err(CommandError::bad_value(format!(
-                        "unrecognized option to $unwind stage: {k}"
-                    )));
-                }
-                let Ok(p) = d.get_str("path") else {
-                    return Err(CommandError::bad_value(
-                        "no path specified to $unwind stage",
-                    ));
-                };
-                let index = match d.get("includeArrayIndex") {
-                    None => None,
-                    Some(Bson::String(i)) if !i.is_empty() && !i.starts_with('$') => Some(i.clone()),
-                    Some(_) => {
-                        return Err(CommandError::bad_value(
-                            "includeArrayIndex option to $unwind stage must be a non-empty string not starting with '$'",
-                        ))
-                    }
-                };
-                let preserve = match d.get("preserveNullAndEmptyArrays") {
-                    None => false,
-                    Some(Bson::Boolean(b)) => *b,
-                    Some(_) => {
-                        return Err(CommandError::bad_value(
-                            "expected a boolean for the preserveNullAndEmptyArrays option to $unwind stage",
-                        ))
-                    }
-                };
-                (p, index, preserve)
-            }
-            _ => {
-                return Err(CommandError::bad_value(
-                    "expected either a string or an object as specification for $unwind stage",
-                ))
-            }
-        };
-        path::check_length(path)?;
-        match path.strip_prefix('$') {
-            Some(p)
-                if !p.is_empty() && !p.split('.').any(|c| c.is_empty() || c.starts_with('$')) =>
-            {
-                Ok(Unwind {
-                    path: p.to_owned(),
-                    index,
-                    preserve,
-                })
-            }
-            _ => Err(CommandError::bad_value(format!(
-                "path option to $unwind stage should be prefixed with a '$': {path}"
-            ))),
-        }
-    }
-
-    fn run(&self, doc: Document, out: &mut Output, deadline: &Deadline) -> CommandResult<()> {
-        let with_index = |mut d: Document, i: Bson| -> CommandResult<Document> {
-            if let Some(name) = &self.index {
-                path::set(&mut d, name, i)?;
-            }
-            Ok(d)
-        };
-        match path::get(&doc, &self.path) {
-            Some(Bson::Array(items)) if !items.is_empty() => {
-                for (i, item) in items.iter().enumerate() {
-                    deadline.check()?;
-                    let mut d = doc.clone();
-                    path::set(&mut d, &self.path, item.clone())?;
-                    out.push(with_index(
-                        d,
-                        Bson::Int64(i64::try_from(i).unwrap_or(i64::MAX)),
-                    )?)?;
-                }
-            }
-            Some(Bson::Array(_)) if self.preserve => {
-                let mut d = doc;
-                path::remove(&mut d, &self.path);
-                out.push(with_index(d, Bson::Null)?)?;
-            }
-            None | Some(Bson::Null | Bson::Undefined) if self.preserve => {
-                out.push(with_index(doc, Bson::Null)?)?
-            }
-            None | Some(Bson::Array(_) | Bson::Null | Bson::Undefined) => {}
-            Some(_) => out.push(with_index(doc, Bson::Null)?)?,
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Group {
-    id: Expr,
-    fields: Vec<(String, Acc, Expr)>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Acc {
-    Sum,
-    Avg,
-    Min,
-    Max,
-    First,
-    Last,
-    Push,
-    AddToSet,
-    Count,
-}
-
-/// Running state of one accumulator in one group.
-#[derive(Debug)]
-enum State {
-    Sum(Num),
-    Avg(Num, u64),
-    /// The best value so far; `Ordering::Less` keeps the minimum.
-    Best(Ordering, Option<Bson>),
-    First(Option<Bson>),
-    Last(Bson),
-    Push(Vec<Bson>),
-    Set(Vec<Bson>),
-    Count(i64),
-}
-
-/// A group key ordered (and so merged) by BSON comparison: `1` and `1.0` are one group.
-#[derive(Debug)]
-struct GroupKey(Bson);
-
-impl PartialEq for GroupKey {
-    fn eq(&self, other: &Self) -> bool {
-        values_equal(&self.0, &other.0)
-    }
-}
-
-impl Eq for GroupKey {}
-
-impl PartialOrd for GroupKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for GroupKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        compare(&self.0, &other.0)
-    }
-}
-
-impl Group {
-    fn parse(arg: &Bson) -> CommandResult<Group> {
-        let spec_error = |msg: String| CommandError::new(ErrorCode::GroupSpecification, msg);
-        let Bson::Document(spec) = arg else {
-            return Err(spec_error(
-                "a group's fields must be specified in an object".to_owned(),
-            ));
-        };
-        let id =
-            Expr::parse(spec.get("_id").ok_or_else(|| {
-                spec_error("a group specification must include an _id".to_owned())
-            })?)?;
-        let mut fields = Vec::new();
-        for (k, v) in spec.iter().filter(|(k, _)| *k != "_id") {
-            if k.contains('.') || k.starts_with('$') {
-                return Err(spec_error(format!("the group aggregate field name '{k}' cannot be an operator name or contain '.'")));
-            }
-            let (name, arg) = match v {
-                Bson::Document(d) if d.len() == 1 => {
-                    d.iter().next().ok_or_else(|| spec_error(String::new()))?
-                }
-                _ => {
-                    return Err(spec_error(format!(
-                        "The field '{k}' must be an accumulator object"
-                    )))
-                }
-            };
-            let acc = match name.as_str() {
-                "$sum" => Acc::Sum,
-                "$avg" => Acc::Avg,
-                "$min" => Acc::Min,
-                "$max" => Acc::Max,
-                "$first" => Acc::First,
-                "$last" => Acc::Last,
-                "$push" => Acc::Push,
-                "$addToSet" => Acc::AddToSet,
-                "$count" => Acc::Count,
-                _ => {
-                    return Err(CommandError::new(
-                        ErrorCode::UnknownGroupOperator,
-                        format!("unknown group operator '{name}'"),
-                    ))
-                }
-            };
-            if matches!(acc, Acc::Count) && !matches!(arg, Bson::Document(d) if d.is_empty()) {
-                return Err(spec_error(
-                    "$count takes no arguments, i.e. $count:{}".to_owned(),
-                ));
-            }
-            if matches!(arg, Bson::Array(_)) {
-                return Err(spec_error(format!(
-                    "The {name} accumulator is a unary operator"
-                )));
-            }
-            fields.push((k.clone(), acc, Expr::parse(arg)?));
-        }
-        Ok(Group { id, fields })
-    }
-
-    fn run(&self, docs: &[Document], deadline: &Deadline) -> CommandResult<Vec<Document>> {
-        let mut groups = Groups::new(self);
-        for d in docs {
-            deadline.check()?;
-            groups.add(d)?;
-        }
-        Ok(groups.finish())
-    }
-}
-
-/// The groups of a `$group` stage being built, one input document at a time.
-struct Groups<'g> {
-    group: &'g Group,
-    index: BTreeMap<GroupKey, usize>,
-    groups: Vec<(Bson, Vec<State>)>,
-    /// Groups and the values `$push`/`$addToSet` collect are what the stage holds.
-    budget: MemoryBudget,
-}
-
-impl<'g> Groups<'g> {
-    fn new(group: &'g Group) -> Self {
-        Self {
-            group,
-            index: BTreeMap::new(),
-            groups: Vec::new(),
-            budget: MemoryBudget::new("$group"),
-        }
-    }
-
-    fn add(&mut self, d: &Document) -> CommandResult<()> {
-        let key = self.group.id.eval(d)?.unwrap_or(Bson::Null);
-        let slot = match self.index.get(&GroupKey(key.clone())) {
-            Some(&i) => i,
-            None => {
-                self.budget.add_bytes(approx_value_size(&key) + 64)?;
-                let states = self
-                    .group
-                    .fields
-                    .iter()
-                    .map(|(_, acc, _)| State::new(*acc))
-                    .collect();
-                self.groups.push((key.clone(), states));
-                self.index.insert(GroupKey(key), self.groups.len() - 1);
-                self.groups.len() - 1
-            }
-        };
-        let Some((_, states)) = self.groups.get_mut(slot) else {
-            return Ok(());
-        };
-        for ((_, _, e), state) in self.group.fields.iter().zip(states.iter_mut()) {
-            let value = if matches!(state, State::Count(_)) {
-                None
-            } else {
-                e.eval(d)?
-            };
-            if let (State::Push(_) | State::Set(_), Some(v)) = (&state, &value) {
-                self.budget.add_bytes(approx_value_size(v))?;
-            }
-            state.add(value);
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Vec<Document> {
-        let fields = &self.group.fields;
-        self.groups
-            .into_iter()
-            .map(|(key, states)| {
-                let mut out = Document::new();
-                out.insert("_id", key);
-                for ((name, _, _), state) in fields.iter().zip(states) {
-                    out.insert(name.clone(), state.finish());
-                }
-                out
-            })
-            .collect()
-    }
-}
-
-impl State {
-    fn new(acc: Acc) -> State {
-        match acc {
-            Acc::Sum => State::Sum(Num::Int(0)),
-            Acc::Avg => State::Avg(Num::Int(0), 0),
-            Acc::Min => State::Best(Ordering::Less, None),
-            Acc::Max => State::Best(Ordering::Greater, None),
-            Acc::First => State::First(None),
-            Acc::Last => State::Last(Bson::Null),
-            Acc::Push => State::Push(Vec::new()),
-            Acc::AddToSet => State::Set(Vec::new()),
-            Acc::Count => State::Count(0),
-        }
-    }
-
-    fn add(&mut self, v: Option<Bson>) {
-        let num = v.as_ref().and_then(Num::from_bson);
-        match self {
-            State::Sum(s) => *s = num.map_or(*s, |n| s.add(n)),
-            State::Avg(s, c) => {
-                if let Some(n) = num {
-                    *s = s.add(n);
-                    *c += 1;
-                }
-            }
-            State::Best(want, best) => {
-                let Some(v) = v.filter(|v| !matches!(v, Bson::Null | Bson::Undefined)) else {
-                    return;
-                };
-                if best.as_ref().is_none_or(|b| compare(&v, b) == *want) {
-                    *best = Some(v);
-                }
-            }
-            State::Push(items) => items.extend(v),
-            State::Set(items) => {
-                if let Some(v) = v.filter(|v| !items.iter().any(|i| values_equal(i, v))) {
-                    items.push(v);
-                }
-            }
-            State::First(f) => {
-                if f.is_none() {
-                    *f = Some(v.unwrap_or(Bson::Null));
-                }
-            }
-            State::Last(l) => *l = v.unwrap_or(Bson::Null),
-            State::Count(c) => *c += 1,
-        }
-    }
-
-    fn finish(self) -> Bson {
-        match self {
-            State::Sum(s) => s.to_bson(),
-            State::Avg(_, 0) => Bson::Null,
-            #[allow(clippy::cast_precision_loss)]
-            State::Avg(s, c) => match s {
-                Num::Decimal(d) => Num::Decimal(d / c as f64).to_bson(),
-                other => Bson::Double(other.to_f64() / c as f64),
-            },
-            State::Best(_, b) => b.unwrap_or(Bson::Null),
-            State::First(f) => f.unwrap_or(Bson::Null),
-            State::Last(l) => l,
-            State::Push(items) | State::Set(items) => Bson::Array(items),
-            State::Count(c) => i32::try_from(c).map_or(Bson::Int64(c), Bson::Int32),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bson::{bson, doc};
 
-    fn run(stages: Bson, input: Vec<Document>) -> CommandResult<Vec<Document>> {
+    /// Runs the pipeline `stages` (an array) over `input`.
+    pub(super) fn run(stages: Bson, input: Vec<Document>) -> CommandResult<Vec<Document>> {
         let Bson::Array(stages) = stages else {
             panic!("stages must be an array")
         };
         Pipeline::parse(&stages)?.run(input, &Deadline::none())
     }
 
-    fn sales() -> Vec<Document> {
+    /// Four sales documents: `tags` is an array, an empty array, missing and null.
+    pub(super) fn sales() -> Vec<Document> {
         vec![
             doc! { "_id": 1, "item": "a", "qty": 2, "price": 10, "tags": ["x", "y"] },
             doc! { "_id": 2, "item": "b", "qty": 1, "price": 20, "tags": [] },
@@ -1277,59 +664,6 @@ mod tests {
         let p =
             bson!([{ "$match": { "qty": 99 } }, { "$group": { "_id": 1, "n": { "$sum": 1 } } }]);
         assert!(run(p, sales()).unwrap().is_empty());
-    }
-
-    #[test]
-    fn group_accumulators() {
-        let p = bson!([
-            { "$group": {
-                "_id": "$item",
-                "total": { "$sum": { "$multiply": ["$qty", "$price"] } },
-                "avg": { "$avg": "$qty" },
-                "min": { "$min": "$price" },
-                "max": { "$max": "$price" },
-                "first": { "$first": "$qty" },
-                "last": { "$last": "$qty" },
-                "qtys": { "$push": "$qty" },
-                "prices": { "$addToSet": "$price" },
-                "n": { "$count": {} },
-            } },
-            { "$sort": { "_id": 1 } }
-        ]);
-        let out = run(p, sales()).unwrap();
-        assert_eq!(
-            out[0],
-            doc! { "_id": "a", "total": 72.5, "avg": 3.5, "min": 10, "max": 10.5, "first": 2, "last": 5,
-            "qtys": [2, 5], "prices": [10, 10.5], "n": 2 }
-        );
-        assert_eq!(out.len(), 3);
-        let p = bson!([{ "$group": { "_id": null, "s": { "$sum": "$qty" }, "a": { "$avg": "$none" } } }]);
-        assert_eq!(
-            run(p, sales()).unwrap(),
-            vec![doc! { "_id": null, "s": 9, "a": null }]
-        );
-        let p = bson!([{ "$group": { "_id": { "i": "$item" }, "c": { "$sum": 1 } } }, { "$match": { "_id.i": "a" } }]);
-        assert_eq!(
-            run(p, sales()).unwrap(),
-            vec![doc! { "_id": { "i": "a" }, "c": 2 }]
-        );
-    }
-
-    #[test]
-    fn group_errors() {
-        let e = |g: Bson| run(bson!([{ "$group": g }]), vec![]).unwrap_err().code;
-        assert_eq!(
-            e(bson!({ "n": { "$sum": 1 } })),
-            ErrorCode::GroupSpecification
-        );
-        assert_eq!(
-            e(bson!({ "_id": 1, "n": { "$foo": 1 } })),
-            ErrorCode::UnknownGroupOperator
-        );
-        assert_eq!(
-            e(bson!({ "_id": 1, "n": 5 })),
-            ErrorCode::GroupSpecification
-        );
     }
 
     #[test]
@@ -1358,27 +692,7 @@ mod tests {
     }
 
     #[test]
-    fn unwind_count_sort_skip_limit() {
-        let p = bson!([{ "$unwind": "$tags" }]);
-        let out = run(p, sales()).unwrap();
-        assert_eq!(
-            out.iter()
-                .map(|d| d.get_str("tags").unwrap())
-                .collect::<Vec<_>>(),
-            vec!["x", "y"]
-        );
-        let p = bson!([{ "$unwind": { "path": "$tags", "includeArrayIndex": "i", "preserveNullAndEmptyArrays": true } }]);
-        let out = run(p, sales()).unwrap();
-        assert_eq!(out.len(), 5);
-        assert_eq!(
-            out[1],
-            doc! { "_id": 1, "item": "a", "qty": 2, "price": 10, "tags": "y", "i": 1i64 }
-        );
-        assert_eq!(
-            out[2],
-            doc! { "_id": 2, "item": "b", "qty": 1, "price": 20, "i": null }
-        );
-        assert_eq!(out[4].get("tags"), Some(&Bson::Null));
+    fn count_sort_skip_limit() {
         let p = bson!([{ "$sort": { "qty": -1, "_id": 1 } }, { "$skip": 1 }, { "$limit": 2 }, { "$project": { "_id": 1 } }]);
         assert_eq!(
             run(p, sales()).unwrap(),
@@ -1438,5 +752,59 @@ mod tests {
                 .code,
             ErrorCode::InvalidPipelineOperator
         );
+    }
+
+    /// The stages of [`STAGE_NAMES`] that the `aggregate` command takes off before parsing.
+    const TAKEN_BEFORE_PARSE: [&str; 4] = ["$changeStream", "$documents", "$merge", "$out"];
+
+    /// A minimal valid argument for each stage `parse_stage` builds.
+    fn minimal_argument(name: &str) -> Option<Bson> {
+        Some(match name {
+            "$addFields" | "$set" | "$project" => bson!({ "a": 1 }),
+            "$count" => bson!("n"),
+            "$facet" => bson!({ "f": [] }),
+            "$group" => bson!({ "_id": null }),
+            "$limit" => bson!(1),
+            "$lookup" => {
+                bson!({ "from": "c", "localField": "a", "foreignField": "b", "as": "j" })
+            }
+            "$match" => bson!({}),
+            "$replaceRoot" => bson!({ "newRoot": "$a" }),
+            "$replaceWith" | "$unwind" => bson!("$a"),
+            "$skip" => bson!(0),
+            "$sort" => bson!({ "a": 1 }),
+            "$unionWith" => bson!("c"),
+            "$unset" => bson!("a"),
+            _ => return None,
+        })
+    }
+
+    /// `STAGE_NAMES` is sorted without repeats, `parse_stage` builds each of its stages but the
+    /// ones the `aggregate` command takes off first, and refuses those.
+    #[test]
+    fn stage_names_are_the_stages_parse_stage_builds() {
+        assert!(STAGE_NAMES.windows(2).all(|w| w[0] < w[1]));
+        for name in STAGE_NAMES {
+            if TAKEN_BEFORE_PARSE.contains(&name) {
+                assert!(parse_stage(name, &bson!({})).is_err(), "{name}");
+                continue;
+            }
+            let arg = minimal_argument(name).unwrap_or_else(|| panic!("{name}: no argument"));
+            if let Err(e) = parse_stage(name, &arg) {
+                panic!("{name}: {}", e.msg);
+            }
+        }
+    }
+
+    /// A stage name outside `STAGE_NAMES` is refused, known to mongod or not.
+    #[test]
+    fn names_outside_stage_names_are_refused() {
+        for name in UNSUPPORTED
+            .iter()
+            .chain(&["$foo", "$search", "$indexStats"])
+        {
+            assert!(!STAGE_NAMES.contains(name), "{name}");
+            assert!(parse_stage(name, &bson!({})).is_err(), "{name}");
+        }
     }
 }

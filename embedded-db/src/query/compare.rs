@@ -1,4 +1,4 @@
-//! MongoDB's BSON comparison order, value equality and type names.
+//! MongoDB's BSON comparison order, value equality, type names and truthiness.
 
 use std::cmp::Ordering;
 
@@ -160,6 +160,20 @@ pub(crate) fn type_code(b: &Bson) -> i32 {
         Bson::MinKey => -1,
         other => i32::from(other.element_type() as u8),
     }
+}
+
+/// MongoDB truthiness of an option value: false, null, undefined and zero are false.
+pub(crate) fn truthy(v: &Bson) -> bool {
+    match v {
+        Bson::Boolean(b) => *b,
+        Bson::Null | Bson::Undefined => false,
+        other => Num::from_bson(other).is_none_or(|n| !n.is_zero()),
+    }
+}
+
+/// Aggregation truthiness: missing, null, false and zero are false.
+pub(crate) fn is_true(v: Option<&Bson>) -> bool {
+    v.is_some_and(truthy)
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use std::cmp::Ordering;
 
 use bson::{Bson, Document};
 
-use super::compare::{compare, type_name, values_equal};
-use super::filter::truthy;
+use super::compare::{compare, is_true, type_name, values_equal};
 use super::num::Num;
 use super::path::split_first;
 use crate::error::{CommandError, CommandResult, ErrorCode};
@@ -241,11 +240,6 @@ fn all_args(args: &[Expr], doc: &Document, want: bool) -> CommandResult<bool> {
         }
     }
     Ok(true)
-}
-
-/// Aggregation truthiness: missing, null, false and zero are false.
-pub(crate) fn is_true(v: Option<&Bson>) -> bool {
-    v.is_some_and(truthy)
 }
 
 /// Aggregation order: a missing value sorts below every BSON value.

@@ -6,37 +6,39 @@ use std::cmp::Ordering;
 use bson::{Bson, Document};
 use regex::{Regex, RegexBuilder};
 
-use super::compare::{bracket, compare, type_code, values_equal};
+use super::compare::{bracket, compare, is_true, truthy, type_code, values_equal};
 use super::num::{as_integral, Num};
 use super::path;
 use crate::error::{CommandError, CommandResult, ErrorCode};
 
-/// A parsed query filter. Matching never fails and never clones the document.
+/// A parsed query filter: the clause tree of a `find`/`update`/`delete`/`$match` filter.
+/// Matching never clones the document and fails only through `$expr` (see [`Filter::matches`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Filter {
-    exprs: Vec<Expr>,
+    clauses: Vec<Clause>,
 }
 
-/// A document-level clause; a document matches a list of them when all match.
+/// One clause of the filter's tree (a field's tests, `$and`/`$or`/`$nor`, `$expr`); a document
+/// matches a list of them when all match.
 #[derive(Debug, Clone)]
-enum Expr {
-    And(Vec<Expr>),
-    Or(Vec<Expr>),
-    Nor(Vec<Expr>),
-    /// All conditions hold for the values at the path.
-    Field(String, Vec<Cond>),
+enum Clause {
+    And(Vec<Clause>),
+    Or(Vec<Clause>),
+    Nor(Vec<Clause>),
+    /// All tests hold for the values at the path.
+    Field(String, Vec<Test>),
     /// `$expr`: an aggregation expression over the whole document is true. An expression
-    /// that fails on a document (e.g. `$divide` by zero) does not match it.
+    /// that fails on a document (e.g. `$divide` by zero) fails the query, as in mongod.
     Aggregate(Box<super::expr::Expr>),
 }
 
-/// A condition on the values a path reaches.
+/// One operator test on the values a path reaches (`{$gt: 1}`, `$not: {…}`).
 #[derive(Debug, Clone)]
-enum Cond {
+enum Test {
     /// Some reached value satisfies the operator.
     Op(Op),
-    /// Not all of these conditions hold (`$not`, `$ne`, `$nin`, `$exists: false`).
-    Not(Vec<Cond>),
+    /// Not all of these tests hold (`$not`, `$ne`, `$nin`, `$exists: false`).
+    Not(Vec<Test>),
 }
 
 #[derive(Debug, Clone)]
@@ -131,7 +133,7 @@ pub(crate) struct ElemMatch(ElemForm);
 #[derive(Debug, Clone)]
 enum ElemForm {
     /// Operators on the element value itself.
-    Value(Vec<Cond>),
+    Value(Vec<Test>),
     /// A query the element, which must be a document, has to match.
     Doc(Filter),
 }
@@ -159,7 +161,7 @@ impl ElemMatch {
     /// True when the single array element `e` satisfies the condition.
     pub(crate) fn matches_element(&self, e: &Bson) -> bool {
         match &self.0 {
-            ElemForm::Value(conds) => conds.iter().all(|c| c.eval(&|t| t(Some(e)))),
+            ElemForm::Value(tests) => tests.iter().all(|c| c.eval(&|t| t(Some(e)))),
             // Without `$expr` (refused in `parse`) matching cannot fail.
             ElemForm::Doc(f) => matches!(e, Bson::Document(d) if f.matches(d).unwrap_or(false)),
         }
@@ -172,35 +174,35 @@ impl Filter {
     /// geo/schema operators are `NotImplemented`.
     pub(crate) fn parse(filter: &Document) -> CommandResult<Filter> {
         Ok(Filter {
-            exprs: parse_exprs(filter)?,
+            clauses: parse_document(filter)?,
         })
     }
 
     /// True when `doc` satisfies the filter (an empty filter matches everything). An `$expr`
     /// that fails on `doc` (say `$divide` by zero) fails the query, as in mongod.
     pub(crate) fn matches(&self, doc: &Document) -> CommandResult<bool> {
-        all(&self.exprs, doc)
+        all(&self.clauses, doc)
     }
 
     /// Whether an `$expr` is part of the filter (at the top or inside `$and`/`$or`/`$nor`).
     fn has_expr(&self) -> bool {
-        fn contains_expr(exprs: &[Expr]) -> bool {
-            exprs.iter().any(|e| match e {
-                Expr::And(subs) | Expr::Or(subs) | Expr::Nor(subs) => contains_expr(subs),
-                Expr::Aggregate(_) => true,
-                Expr::Field(..) => false,
+        fn contains_expr(clauses: &[Clause]) -> bool {
+            clauses.iter().any(|e| match e {
+                Clause::And(subs) | Clause::Or(subs) | Clause::Nor(subs) => contains_expr(subs),
+                Clause::Aggregate(_) => true,
+                Clause::Field(..) => false,
             })
         }
-        contains_expr(&self.exprs)
+        contains_expr(&self.clauses)
     }
 
     /// The value when the filter is exactly an equality on `_id` (`{_id: v}` or
     /// `{_id: {$eq: v}}`, not a regex), so the caller can do a point lookup.
     /// Note that `1`, `1.0` and `1L` are equal `_id`s for matching.
     pub(crate) fn id_equality(&self) -> Option<&Bson> {
-        match self.exprs.as_slice() {
-            [Expr::Field(p, conds)] if p == "_id" => match conds.as_slice() {
-                [Cond::Op(Op::Eq(v))] if !matches!(v, Bson::RegularExpression(_)) => Some(v),
+        match self.clauses.as_slice() {
+            [Clause::Field(p, tests)] if p == "_id" => match tests.as_slice() {
+                [Test::Op(Op::Eq(v))] if !matches!(v, Bson::RegularExpression(_)) => Some(v),
                 _ => None,
             },
             _ => None,
@@ -215,19 +217,19 @@ impl Filter {
         let Some(Bson::Array(items)) = path::get(doc, array_path) else {
             return None;
         };
-        let mut conds = Vec::new();
-        collect_array_conds(&self.exprs, array_path, &mut conds);
-        if conds.is_empty() {
+        let mut tests = Vec::new();
+        collect_array_tests(&self.clauses, array_path, &mut tests);
+        if tests.is_empty() {
             return None;
         }
         items.iter().position(|e| {
-            conds
+            tests
                 .iter()
-                .all(|(rest, cond)| match (rest.is_empty(), cond, e) {
-                    (true, Cond::Op(Op::ElemMatch(em)), _) => em.matches_element(e),
-                    (true, _, _) => cond.eval(&|t| t(Some(e))),
+                .all(|(rest, test)| match (rest.is_empty(), test, e) {
+                    (true, Test::Op(Op::ElemMatch(em)), _) => em.matches_element(e),
+                    (true, _, _) => test.eval(&|t| t(Some(e))),
                     (false, _, Bson::Document(d)) => {
-                        cond.eval(&|t| path::any_value(d, rest, &mut |v| t(v)))
+                        test.eval(&|t| path::any_value(d, rest, &mut |v| t(v)))
                     }
                     (false, _, _) => false,
                 })
@@ -235,35 +237,35 @@ impl Filter {
     }
 }
 
-fn collect_array_conds<'a>(
-    exprs: &'a [Expr],
+fn collect_array_tests<'a>(
+    clauses: &'a [Clause],
     array_path: &str,
-    out: &mut Vec<(&'a str, &'a Cond)>,
+    out: &mut Vec<(&'a str, &'a Test)>,
 ) {
-    for e in exprs {
+    for e in clauses {
         match e {
-            Expr::And(subs) => collect_array_conds(subs, array_path, out),
-            Expr::Field(p, conds) => {
+            Clause::And(subs) => collect_array_tests(subs, array_path, out),
+            Clause::Field(p, tests) => {
                 let rest = if p == array_path {
                     Some("")
                 } else {
                     p.strip_prefix(array_path).and_then(|r| r.strip_prefix('.'))
                 };
                 if let Some(rest) = rest {
-                    let element_conds = conds
+                    let element_tests = tests
                         .iter()
-                        .filter(|c| !matches!(c, Cond::Op(Op::Exists | Op::Size(_))));
-                    out.extend(element_conds.map(|c| (rest, c)));
+                        .filter(|c| !matches!(c, Test::Op(Op::Exists | Op::Size(_))));
+                    out.extend(element_tests.map(|c| (rest, c)));
                 }
             }
-            Expr::Or(_) | Expr::Nor(_) | Expr::Aggregate(_) => {}
+            Clause::Or(_) | Clause::Nor(_) | Clause::Aggregate(_) => {}
         }
     }
 }
 
 /// Whether every clause matches (stopping at the first that does not).
-fn all(exprs: &[Expr], doc: &Document) -> CommandResult<bool> {
-    for e in exprs {
+fn all(clauses: &[Clause], doc: &Document) -> CommandResult<bool> {
+    for e in clauses {
         if !e.matches(doc)? {
             return Ok(false);
         }
@@ -272,8 +274,8 @@ fn all(exprs: &[Expr], doc: &Document) -> CommandResult<bool> {
 }
 
 /// Whether any clause matches (stopping at the first that does).
-fn any(exprs: &[Expr], doc: &Document) -> CommandResult<bool> {
-    for e in exprs {
+fn any(clauses: &[Clause], doc: &Document) -> CommandResult<bool> {
+    for e in clauses {
         if e.matches(doc)? {
             return Ok(true);
         }
@@ -281,16 +283,16 @@ fn any(exprs: &[Expr], doc: &Document) -> CommandResult<bool> {
     Ok(false)
 }
 
-impl Expr {
+impl Clause {
     fn matches(&self, doc: &Document) -> CommandResult<bool> {
         Ok(match self {
-            Expr::And(subs) => all(subs, doc)?,
-            Expr::Or(subs) => any(subs, doc)?,
-            Expr::Nor(subs) => !any(subs, doc)?,
-            Expr::Field(p, conds) => conds
+            Clause::And(subs) => all(subs, doc)?,
+            Clause::Or(subs) => any(subs, doc)?,
+            Clause::Nor(subs) => !any(subs, doc)?,
+            Clause::Field(p, tests) => tests
                 .iter()
                 .all(|c| c.eval(&|t| path::any_value(doc, p, &mut |v| t(v)))),
-            Expr::Aggregate(expr) => super::expr::is_true(expr.eval(doc)?.as_ref()),
+            Clause::Aggregate(expr) => is_true(expr.eval(doc)?.as_ref()),
         })
     }
 }
@@ -298,11 +300,11 @@ impl Expr {
 /// Feeds candidate values to a test and says whether any passed.
 type Candidates<'c> = &'c dyn Fn(&dyn Fn(Option<&Bson>) -> bool) -> bool;
 
-impl Cond {
+impl Test {
     fn eval(&self, any: Candidates<'_>) -> bool {
         match self {
-            Cond::Op(op) => any(&|v| op.test(v)),
-            Cond::Not(conds) => !conds.iter().all(|c| c.eval(any)),
+            Test::Op(op) => any(&|v| op.test(v)),
+            Test::Not(tests) => !tests.iter().all(|c| c.eval(any)),
         }
     }
 }
@@ -368,15 +370,17 @@ impl Op {
     }
 }
 
-fn parse_exprs(filter: &Document) -> CommandResult<Vec<Expr>> {
+fn parse_document(filter: &Document) -> CommandResult<Vec<Clause>> {
     let mut out = Vec::with_capacity(filter.len());
     for (key, value) in filter {
         match key.as_str() {
-            "$and" => out.push(Expr::And(parse_clauses(key, value)?)),
-            "$or" => out.push(Expr::Or(parse_clauses(key, value)?)),
-            "$nor" => out.push(Expr::Nor(parse_clauses(key, value)?)),
+            "$and" => out.push(Clause::And(parse_clauses(key, value)?)),
+            "$or" => out.push(Clause::Or(parse_clauses(key, value)?)),
+            "$nor" => out.push(Clause::Nor(parse_clauses(key, value)?)),
             "$comment" => {}
-            "$expr" => out.push(Expr::Aggregate(Box::new(super::expr::Expr::parse(value)?))),
+            "$expr" => out.push(Clause::Aggregate(Box::new(super::expr::Expr::parse(
+                value,
+            )?))),
             "$where" | "$text" | "$jsonSchema" | "$sampleRate" => {
                 return Err(CommandError::new(
                     ErrorCode::NotImplemented,
@@ -390,14 +394,14 @@ fn parse_exprs(filter: &Document) -> CommandResult<Vec<Expr>> {
             }
             _ => {
                 path::check_length(key)?;
-                out.push(Expr::Field(key.clone(), parse_conds(value)?));
+                out.push(Clause::Field(key.clone(), parse_tests(value)?));
             }
         }
     }
     Ok(out)
 }
 
-fn parse_clauses(op: &str, value: &Bson) -> CommandResult<Vec<Expr>> {
+fn parse_clauses(op: &str, value: &Bson) -> CommandResult<Vec<Clause>> {
     let Bson::Array(items) = value else {
         return Err(CommandError::bad_value(format!("{op} must be an array")));
     };
@@ -409,7 +413,7 @@ fn parse_clauses(op: &str, value: &Bson) -> CommandResult<Vec<Expr>> {
     items
         .iter()
         .map(|item| match item {
-            Bson::Document(d) => Ok(Expr::And(parse_exprs(d)?)),
+            Bson::Document(d) => Ok(Clause::And(parse_document(d)?)),
             _ => Err(CommandError::bad_value(
                 "$or/$and/$nor entries need to be full objects",
             )),
@@ -423,47 +427,47 @@ pub(crate) fn is_operator_doc(v: &Bson) -> bool {
     matches!(v, Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')))
 }
 
-fn parse_conds(value: &Bson) -> CommandResult<Vec<Cond>> {
+fn parse_tests(value: &Bson) -> CommandResult<Vec<Test>> {
     match value {
         Bson::Document(d) if is_operator_doc(value) => parse_ops(d),
-        Bson::RegularExpression(r) => Ok(vec![regex_cond(r)?]),
-        other => Ok(vec![Cond::Op(Op::Eq(other.clone()))]),
+        Bson::RegularExpression(r) => Ok(vec![regex_test(r)?]),
+        other => Ok(vec![Test::Op(Op::Eq(other.clone()))]),
     }
 }
 
-fn regex_cond(r: &bson::Regex) -> CommandResult<Cond> {
-    Ok(Cond::Op(Op::Regex(Box::new(Pattern::new(
+fn regex_test(r: &bson::Regex) -> CommandResult<Test> {
+    Ok(Test::Op(Op::Regex(Box::new(Pattern::new(
         &r.pattern, &r.options,
     )?))))
 }
 
-fn parse_ops(spec: &Document) -> CommandResult<Vec<Cond>> {
-    let mut conds = Vec::with_capacity(spec.len());
+fn parse_ops(spec: &Document) -> CommandResult<Vec<Test>> {
+    let mut tests = Vec::with_capacity(spec.len());
     let (mut regex, mut options) = (None, None);
     for (key, v) in spec {
-        let cmp = |op| Cond::Op(Op::Cmp(op, v.clone()));
-        conds.push(match key.as_str() {
-            "$eq" => Cond::Op(Op::Eq(v.clone())),
-            "$ne" => Cond::Not(vec![Cond::Op(Op::Eq(v.clone()))]),
+        let cmp = |op| Test::Op(Op::Cmp(op, v.clone()));
+        tests.push(match key.as_str() {
+            "$eq" => Test::Op(Op::Eq(v.clone())),
+            "$ne" => Test::Not(vec![Test::Op(Op::Eq(v.clone()))]),
             "$gt" => cmp(CmpOp::Gt),
             "$gte" => cmp(CmpOp::Gte),
             "$lt" => cmp(CmpOp::Lt),
             "$lte" => cmp(CmpOp::Lte),
-            "$in" => Cond::Op(Op::In(parse_in(key, v)?)),
-            "$nin" => Cond::Not(vec![Cond::Op(Op::In(parse_in(key, v)?))]),
-            "$exists" if truthy(v) => Cond::Op(Op::Exists),
-            "$exists" => Cond::Not(vec![Cond::Op(Op::Exists)]),
-            "$type" => Cond::Op(Op::Type(parse_types(v)?)),
+            "$in" => Test::Op(Op::In(parse_in(key, v)?)),
+            "$nin" => Test::Not(vec![Test::Op(Op::In(parse_in(key, v)?))]),
+            "$exists" if truthy(v) => Test::Op(Op::Exists),
+            "$exists" => Test::Not(vec![Test::Op(Op::Exists)]),
+            "$type" => Test::Op(Op::Type(parse_types(v)?)),
             "$all" => {
-                conds.extend(parse_all(v)?);
+                tests.extend(parse_all(v)?);
                 continue;
             }
             "$elemMatch" => match v {
-                Bson::Document(d) => Cond::Op(Op::ElemMatch(Box::new(ElemMatch::parse(d)?))),
+                Bson::Document(d) => Test::Op(Op::ElemMatch(Box::new(ElemMatch::parse(d)?))),
                 _ => return Err(CommandError::bad_value("$elemMatch needs an Object")),
             },
-            "$size" => Cond::Op(Op::Size(parse_size(v)?)),
-            "$mod" => Cond::Op(parse_mod(v)?),
+            "$size" => Test::Op(Op::Size(parse_size(v)?)),
+            "$mod" => Test::Op(parse_mod(v)?),
             "$regex" => {
                 regex = Some(v);
                 continue;
@@ -475,8 +479,8 @@ fn parse_ops(spec: &Document) -> CommandResult<Vec<Cond>> {
                 options = Some(o.as_str());
                 continue;
             }
-            "$not" => Cond::Not(match v {
-                Bson::RegularExpression(r) => vec![regex_cond(r)?],
+            "$not" => Test::Not(match v {
+                Bson::RegularExpression(r) => vec![regex_test(r)?],
                 Bson::Document(d) if d.is_empty() => {
                     return Err(CommandError::bad_value("$not cannot be empty"))
                 }
@@ -505,17 +509,8 @@ fn parse_ops(spec: &Document) -> CommandResult<Vec<Cond>> {
         }
         (Some(_), _) => return Err(CommandError::bad_value("$regex has to be a string")),
     };
-    conds.extend(pattern.map(|p| Cond::Op(Op::Regex(Box::new(p)))));
-    Ok(conds)
-}
-
-/// MongoDB truthiness of an option value: false, null, undefined and zero are false.
-pub(crate) fn truthy(v: &Bson) -> bool {
-    match v {
-        Bson::Boolean(b) => *b,
-        Bson::Null | Bson::Undefined => false,
-        other => Num::from_bson(other).is_none_or(|n| !n.is_zero()),
-    }
+    tests.extend(pattern.map(|p| Test::Op(Op::Regex(Box::new(p)))));
+    Ok(tests)
 }
 
 fn parse_in(op: &str, v: &Bson) -> CommandResult<Box<InSet>> {
@@ -538,13 +533,13 @@ fn parse_in(op: &str, v: &Bson) -> CommandResult<Box<InSet>> {
     Ok(Box::new(set))
 }
 
-fn parse_all(v: &Bson) -> CommandResult<Vec<Cond>> {
+fn parse_all(v: &Bson) -> CommandResult<Vec<Test>> {
     let Bson::Array(items) = v else {
         return Err(CommandError::bad_value("$all needs an array"));
     };
     if items.is_empty() {
         // `$all: []` matches nothing.
-        return Ok(vec![Cond::Op(Op::In(Box::default()))]);
+        return Ok(vec![Test::Op(Op::In(Box::default()))]);
     }
     items
         .iter()
@@ -560,8 +555,8 @@ fn parse_all(v: &Bson) -> CommandResult<Vec<Cond>> {
             Bson::Document(_) if is_operator_doc(item) => {
                 Err(CommandError::bad_value("no $ expressions in $all"))
             }
-            Bson::RegularExpression(r) => regex_cond(r),
-            other => Ok(Cond::Op(Op::Eq(other.clone()))),
+            Bson::RegularExpression(r) => regex_test(r),
+            other => Ok(Test::Op(Op::Eq(other.clone()))),
         })
         .collect()
 }

@@ -3,8 +3,9 @@
 
 use bson::{Bson, Document};
 
+use super::compare::truthy;
 use super::expr::Expr;
-use super::filter::{is_operator_doc, truthy, ElemMatch, Filter};
+use super::filter::{is_operator_doc, ElemMatch, Filter};
 use super::num::Num;
 use super::path::split_first;
 use crate::error::{CommandError, CommandResult, ErrorCode};

@@ -1,7 +1,12 @@
 //! Binding variables (`$$name`) to values in what reads expressions: `$expr` in filters, the
 //! stages of pipelines and pipeline-style updates. A bound reference becomes
 //! `{ $literal: <value> }`; elsewhere (a plain equality, an update operator's value) a string
-//! starting with `$$` is data, as in mongod. Used for `let` on commands and in `$lookup`.
+//! starting with `$$` is data, as in mongod. Used for `let` on commands, in `$lookup` and in
+//! `$merge`.
+//!
+//! This is the pure layer (names, values, the rewrite of filters and pipelines). The command
+//! layer is `cmd/variables.rs`: it takes a command's `let` off its body and says which of the
+//! command's fields are rewritten.
 
 use bson::{doc, Bson, Document};
 
