@@ -16,16 +16,14 @@
 //!
 //! # Measurements behind the choice
 //!
-//! On the project's 2-core machine (ext4): a 512-byte write plus `fsync`
-//! takes 0.15 ms, so one sync per write would cap a single client near the
-//! 2,500–2,900 durable `insert_one`/s measured through the driver (the rest is
-//! the driver round trip and redb's commit). Group commit lifts 16 clients to
-//! 14,500–16,000/s (5–6×) and batched inserts to 59,000–96,000 documents/s,
-//! one transaction per 1,000 documents (`cargo bench -p embedded-db`). An own
-//! append-only log would sync as often and would still need a crash-safe
-//! index for `_id` and unique keys and compaction of old history; redb's
-//! B-trees give both, and its `kill -9` safety is exercised by
-//! `tests/durability.rs`.
+//! A durable write costs an `fsync`, so one sync per write would cap a single
+//! client at what the disk's sync latency allows; group commit lets many
+//! clients share each sync, and a batched insert puts many documents in one
+//! transaction. The figures (`make bench`) are in `docs/benchmarks.md`, "The
+//! measurements behind redb and group commit". An own append-only log would
+//! sync as often and would still need a crash-safe index for `_id` and unique
+//! keys and compaction of old history; redb's B-trees give both, and its
+//! `kill -9` safety is exercised by `tests/durability.rs`.
 
 mod changelog;
 mod read;
