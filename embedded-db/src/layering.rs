@@ -25,7 +25,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cursor",
         &["changes", "error", "limits", "namespace", "query"],
     ),
-    ("db", &["command_names", "cursor", "fail_point", "storage"]),
+    (
+        "db",
+        &["command_names", "cursor", "fail_point", "query", "storage"],
+    ),
     (
         "scan",
         &[
