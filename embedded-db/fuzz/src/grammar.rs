@@ -6,8 +6,8 @@
 
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 
+use crate::raw_bson::{self, Doc, Val};
 use crate::rng::Rng;
-use crate::val::{self, Doc, Val};
 use crate::values;
 
 /// A cursor id placeholder: the worker replaces these 8 bytes with an id it saw in a reply
@@ -34,11 +34,16 @@ impl Msg {
             .sequences
             .iter()
             .map(|(id, docs)| {
-                let docs: Vec<Vec<u8>> = docs.iter().map(val::encode).collect();
+                let docs: Vec<Vec<u8>> = docs.iter().map(raw_bson::encode).collect();
                 crate::frame::sequence_section(id, &docs)
             })
             .collect();
-        crate::frame::op_msg(request_id, self.flags, &val::encode(&self.body), &sections)
+        crate::frame::op_msg(
+            request_id,
+            self.flags,
+            &raw_bson::encode(&self.body),
+            &sections,
+        )
     }
 }
 
@@ -856,7 +861,7 @@ pub(crate) fn command(rng: &mut Rng) -> Msg {
     let db = *rng.pick(DATABASES);
     body.insert("$db", db);
     let mut msg = Msg {
-        body: val::from_document(&body),
+        body: raw_bson::from_document(&body),
         sequences: Vec::new(),
         flags: 0,
     };

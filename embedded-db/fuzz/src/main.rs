@@ -45,10 +45,10 @@ mod frame;
 mod grammar;
 mod input;
 mod raw;
+mod raw_bson;
 mod rng;
 mod run;
 mod send;
-mod val;
 mod values;
 
 use std::path::{Path, PathBuf};

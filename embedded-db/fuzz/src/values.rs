@@ -1,8 +1,8 @@
 //! Random BSON values and documents of every type, the hostile shapes (deep nesting, huge
 //! arrays, long dotted paths, invalid UTF-8), and structure-aware mutation of a [`Doc`] tree.
 
+use crate::raw_bson::{field, s, Doc, Val};
 use crate::rng::Rng;
-use crate::val::{field, s, Doc, Val};
 
 /// Integers at type and size boundaries, plus the server's own limits.
 pub(crate) const INTERESTING_I32: &[i32] = &[
