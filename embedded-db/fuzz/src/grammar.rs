@@ -86,6 +86,8 @@ const QUERY_OPS: &[&str] = &[
     "$mod",
     "$bogus",
 ];
+/// The update operators the server's parser accepts (`embedded_db::UPDATE_OPERATORS`) plus
+/// deliberately unknown ones; the tests below fail when the two lists drift apart.
 const UPDATE_OPS: &[&str] = &[
     "$set",
     "$unset",
@@ -894,4 +896,48 @@ pub(crate) fn command(rng: &mut Rng) -> Msg {
         msg.flags |= crate::frame::FLAG_EXHAUST_ALLOWED;
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UPDATE_OPS;
+
+    /// Deliberately unknown: names in [`UPDATE_OPS`] the server's parser refuses ("Unknown
+    /// modifier"), so the fuzzer keeps exercising that refusal.
+    const DELIBERATELY_UNKNOWN: &[&str] = &[
+        "$bit",     // mongod has it; embedded-db does not
+        "$unknown", // no server has it
+    ];
+
+    /// Every operator the server's update parser accepts is in [`UPDATE_OPS`], and every other
+    /// name there is deliberately unknown.
+    #[test]
+    fn update_ops_match_the_server_parser() {
+        let accepted = embedded_db::UPDATE_OPERATORS;
+        let missing: Vec<_> = accepted
+            .iter()
+            .filter(|op| !UPDATE_OPS.contains(op))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "update operators the server accepts that grammar::UPDATE_OPS lacks: {missing:?}"
+        );
+        let unexplained: Vec<_> = UPDATE_OPS
+            .iter()
+            .filter(|op| !accepted.contains(op) && !DELIBERATELY_UNKNOWN.contains(op))
+            .collect();
+        assert!(
+            unexplained.is_empty(),
+            "names in grammar::UPDATE_OPS the server refuses, not deliberately unknown: \
+             {unexplained:?}"
+        );
+        let stale: Vec<_> = DELIBERATELY_UNKNOWN
+            .iter()
+            .filter(|op| accepted.contains(op) || !UPDATE_OPS.contains(op))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "deliberately unknown names the server accepts or grammar::UPDATE_OPS lacks: {stale:?}"
+        );
+    }
 }
