@@ -94,7 +94,7 @@ FUZZ_SEED ?=
 ## findings go to embedded-db/fuzz/findings/ and make the target fail. Not part of `make test`.
 fuzz:
 	cargo build --release --locked -p embedded-db
-	cargo run --release --locked -p embedded-db --example fuzz -- --seconds $(FUZZ_SECONDS) \
+	cargo run --release --locked -p embedded-db-fuzz -- --seconds $(FUZZ_SECONDS) \
 		$(if $(FUZZ_INPUTS),--inputs $(FUZZ_INPUTS)) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 # ---- tools ---------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ pub use server::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_PATH, DEFAULT_REPLICA_SET,
 };
 
+#[doc(hidden)]
+pub use query::update::UPDATE_OPERATORS;
+
 /// Resolves on Ctrl-C or SIGTERM: the shutdown trigger of the `embedded-db` binary and of an
 /// application embedding the server.
 pub async fn shutdown_signal() {

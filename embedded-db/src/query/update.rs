@@ -181,7 +181,10 @@ fn dotted_components(path: &str, doc: &Document) -> Option<Vec<Bson>> {
     named_like_index.then_some(components)
 }
 
-const MODIFIERS: [&str; 15] = [
+/// The update operators the parser accepts as the keys of an update document; any other key
+/// (`$bit` included, which mongod has) is `FailedToParse` "Unknown modifier".
+/// Public only so the fuzz harness can check its own list against it.
+pub const UPDATE_OPERATORS: &[&str] = &[
     "$set",
     "$setOnInsert",
     "$unset",
@@ -196,7 +199,6 @@ const MODIFIERS: [&str; 15] = [
     "$pullAll",
     "$pop",
     "$currentDate",
-    "$bit",
 ];
 
 impl UpdateSpec {
@@ -577,6 +579,32 @@ mod tests {
             p(bson::bson!({ "$pop": { "a": 2 } })).code,
             ErrorCode::FailedToParse
         );
+    }
+
+    /// Every name in `UPDATE_OPERATORS` parses and names outside it are refused, so the list the
+    /// fuzz harness checks its own against is the parser's.
+    #[test]
+    fn parse_accepts_exactly_the_listed_operators() {
+        for &op in UPDATE_OPERATORS {
+            let arg = match op {
+                "$unset" => Bson::String(String::new()),
+                "$rename" => Bson::String("b".to_owned()),
+                "$pullAll" => bson::bson!([1]),
+                "$currentDate" => Bson::Boolean(true),
+                _ => Bson::Int32(1),
+            };
+            if let Err(e) = UpdateSpec::parse(&Bson::Document(doc! { op: { "a": arg } })) {
+                panic!("{op} is listed but refused: {}", e.msg);
+            }
+        }
+        for op in ["$bit", "$foo", "$Set"] {
+            let e =
+                UpdateSpec::parse(&Bson::Document(doc! { op: { "a": { "and": 1 } } })).unwrap_err();
+            assert_eq!(
+                (e.code, e.msg),
+                (ErrorCode::FailedToParse, format!("Unknown modifier: {op}"))
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::*;
 pub(super) fn parse_operators(d: &Document) -> CommandResult<Vec<FieldUpdate>> {
     let mut ups = Vec::new();
     for (name, arg) in d {
-        if !MODIFIERS.contains(&name.as_str()) || name == "$bit" {
+        if !UPDATE_OPERATORS.contains(&name.as_str()) {
             let hint = if name.starts_with('$') {
                 String::new()
             } else {

@@ -4,12 +4,12 @@
 //!
 //! ```not_rust
 //! cargo build --release -p embedded-db
-//! cargo run --release -p embedded-db --example fuzz -- --seconds 120 [--inputs N] [--seed S]
+//! cargo run --release -p embedded-db-fuzz -- --seconds 120 [--inputs N] [--seed S]
 //! make fuzz FUZZ_SECONDS=600            # the same through the Makefile
-//! cargo run --release -p embedded-db --example fuzz -- --replay embedded-db/fuzz/findings/001-…
+//! cargo run --release -p embedded-db-fuzz -- --replay embedded-db/fuzz/findings/001-…
 //! ```
 //!
-//! It starts the release `embedded-db` binary (next to this example in the target directory,
+//! It starts the release `embedded-db` binary (next to this one in the target directory,
 //! or `--bin`) as a child process on `127.0.0.1:0` with a temp data directory, and sends from
 //! several connections in parallel:
 //!
@@ -45,10 +45,10 @@ mod frame;
 mod grammar;
 mod input;
 mod raw;
+mod raw_bson;
 mod rng;
 mod run;
 mod send;
-mod val;
 mod values;
 
 use std::path::{Path, PathBuf};
@@ -82,14 +82,14 @@ struct Args {
     /// Most inputs sent on one connection between two health checks.
     #[arg(long, default_value_t = 6)]
     group: usize,
-    /// The embedded-db binary (default: `embedded-db` in the target directory of this example).
+    /// The embedded-db binary (default: `embedded-db` in the target directory of this harness).
     #[arg(long)]
     bin: Option<PathBuf>,
     /// Seed corpus directory.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus"))]
     corpus: PathBuf,
     /// Where findings are saved.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/findings"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/findings"))]
     findings: PathBuf,
     /// How long one input may go unanswered before it counts as a slow reply.
     #[arg(long, default_value_t = 5_000)]
@@ -197,14 +197,11 @@ fn main() -> ExitCode {
     summary(&shared, &settings)
 }
 
-/// `embedded-db` in the profile directory this example was built into
-/// (`target/release/examples/fuzz` → `target/release/embedded-db`).
+/// `embedded-db` in the profile directory this harness was built into
+/// (`target/release/embedded-db-fuzz` → `target/release/embedded-db`).
 fn default_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| Path::new("."));
+    let profile_dir = exe.parent().unwrap_or_else(|| Path::new("."));
     profile_dir.join(format!("embedded-db{}", std::env::consts::EXE_SUFFIX))
 }
 

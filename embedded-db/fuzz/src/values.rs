@@ -1,8 +1,8 @@
 //! Random BSON values and documents of every type, the hostile shapes (deep nesting, huge
 //! arrays, long dotted paths, invalid UTF-8), and structure-aware mutation of a [`Doc`] tree.
 
+use crate::raw_bson::{field, s, Doc, Val};
 use crate::rng::Rng;
-use crate::val::{field, s, Doc, Val};
 
 /// Integers at type and size boundaries, plus the server's own limits.
 pub(crate) const INTERESTING_I32: &[i32] = &[
@@ -110,7 +110,8 @@ pub(crate) const KEYS: &[&str] = &[
     "documents",
 ];
 
-/// The command names of the dispatch table (`embedded-db/src/cmd.rs`) plus a few it lacks.
+/// The command names of the dispatch table (`embedded-db/src/cmd.rs`) plus a few it lacks; the
+/// tests below fail when the server's `listCommands` and this list drift apart.
 pub(crate) const COMMANDS: &[&str] = &[
     "abortTransaction",
     "aggregate",
@@ -129,6 +130,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "dropDatabase",
     "dropIndexes",
     "endSessions",
+    "explain",
     "find",
     "findAndModify",
     "getCmdLineOpts",
@@ -140,12 +142,16 @@ pub(crate) const COMMANDS: &[&str] = &[
     "insert",
     "isMaster",
     "ismaster",
+    "killAllSessions",
+    "killAllSessionsByPattern",
     "killCursors",
+    "killSessions",
     "listCollections",
     "listCommands",
     "listDatabases",
     "listIndexes",
     "ping",
+    "refreshSessions",
     "renameCollection",
     "replSetGetStatus",
     "serverStatus",
@@ -452,5 +458,100 @@ fn replacement(rng: &mut Rng, old: &Val) -> Val {
         7 => Val::Doc(Vec::new()),
         8 => Val::Array(Vec::new()),
         _ => value(rng, 4),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bson::doc;
+    use mongodb::error::ErrorKind;
+
+    use super::COMMANDS;
+
+    /// Names in [`COMMANDS`] that the server answers but `listCommands` does not report (as
+    /// mongod's does not).
+    const UNLISTED_ALIASES: &[&str] = &[
+        // `isMaster` in lower case: the legacy OP_QUERY handshake of Node and pymongo.
+        "ismaster",
+    ];
+
+    /// Deliberately unknown: names in [`COMMANDS`] that mongod has and embedded-db refuses with
+    /// CommandNotFound (59), so the fuzzer keeps exercising the refusal path.
+    const DELIBERATELY_UNKNOWN: &[&str] = &["shutdown", "mapReduce", "eval"];
+
+    /// Every command the server lists is in [`COMMANDS`], and every other name there is an
+    /// unlisted alias the server answers or a deliberately unknown one it refuses.
+    #[tokio::test]
+    async fn commands_match_the_server_list_commands() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = embedded_db::Config::new("127.0.0.1:0".parse().expect("address"), dir.path());
+        let server = embedded_db::Server::start(config)
+            .await
+            .expect("server starts");
+        let client = mongodb::Client::with_uri_str(server.uri())
+            .await
+            .expect("client");
+        let admin = client.database("admin");
+        let reply = admin
+            .run_command(doc! { "listCommands": 1 })
+            .await
+            .expect("listCommands");
+        let listed: BTreeSet<&str> = reply
+            .get_document("commands")
+            .expect("a commands document")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let ours: BTreeSet<&str> = COMMANDS.iter().copied().collect();
+        let missing: Vec<_> = listed.difference(&ours).collect();
+        assert!(
+            missing.is_empty(),
+            "commands the server lists that values::COMMANDS lacks: {missing:?}"
+        );
+        let explained: BTreeSet<&str> = UNLISTED_ALIASES
+            .iter()
+            .chain(DELIBERATELY_UNKNOWN)
+            .copied()
+            .collect();
+        let unexplained: Vec<_> = ours
+            .difference(&listed)
+            .filter(|n| !explained.contains(*n))
+            .collect();
+        assert!(
+            unexplained.is_empty(),
+            "names in values::COMMANDS the server does not list, neither an unlisted alias nor \
+             deliberately unknown: {unexplained:?}"
+        );
+        let stale: Vec<_> = explained
+            .iter()
+            .filter(|n| listed.contains(*n) || !ours.contains(*n))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "explained names the server lists or values::COMMANDS lacks: {stale:?}"
+        );
+        for &name in UNLISTED_ALIASES {
+            if let Err(e) = admin.run_command(doc! { name: 1 }).await {
+                panic!("the alias {name} is refused: {e}");
+            }
+        }
+        for &name in DELIBERATELY_UNKNOWN {
+            let code = match admin.run_command(doc! { name: 1 }).await {
+                Ok(_) => None,
+                Err(e) => match *e.kind {
+                    ErrorKind::Command(ref c) => Some(c.code),
+                    _ => None,
+                },
+            };
+            assert_eq!(
+                code,
+                Some(59),
+                "{name} is meant to be unknown to the server"
+            );
+        }
+        client.shutdown().await;
+        server.shutdown().await;
     }
 }

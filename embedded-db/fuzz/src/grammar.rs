@@ -6,8 +6,8 @@
 
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 
+use crate::raw_bson::{self, Doc, Val};
 use crate::rng::Rng;
-use crate::val::{self, Doc, Val};
 use crate::values;
 
 /// A cursor id placeholder: the worker replaces these 8 bytes with an id it saw in a reply
@@ -34,11 +34,16 @@ impl Msg {
             .sequences
             .iter()
             .map(|(id, docs)| {
-                let docs: Vec<Vec<u8>> = docs.iter().map(val::encode).collect();
+                let docs: Vec<Vec<u8>> = docs.iter().map(raw_bson::encode).collect();
                 crate::frame::sequence_section(id, &docs)
             })
             .collect();
-        crate::frame::op_msg(request_id, self.flags, &val::encode(&self.body), &sections)
+        crate::frame::op_msg(
+            request_id,
+            self.flags,
+            &raw_bson::encode(&self.body),
+            &sections,
+        )
     }
 }
 
@@ -81,6 +86,8 @@ const QUERY_OPS: &[&str] = &[
     "$mod",
     "$bogus",
 ];
+/// The update operators the server's parser accepts (`embedded_db::UPDATE_OPERATORS`) plus
+/// deliberately unknown ones; the tests below fail when the two lists drift apart.
 const UPDATE_OPS: &[&str] = &[
     "$set",
     "$unset",
@@ -856,7 +863,7 @@ pub(crate) fn command(rng: &mut Rng) -> Msg {
     let db = *rng.pick(DATABASES);
     body.insert("$db", db);
     let mut msg = Msg {
-        body: val::from_document(&body),
+        body: raw_bson::from_document(&body),
         sequences: Vec::new(),
         flags: 0,
     };
@@ -889,4 +896,48 @@ pub(crate) fn command(rng: &mut Rng) -> Msg {
         msg.flags |= crate::frame::FLAG_EXHAUST_ALLOWED;
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UPDATE_OPS;
+
+    /// Deliberately unknown: names in [`UPDATE_OPS`] the server's parser refuses ("Unknown
+    /// modifier"), so the fuzzer keeps exercising that refusal.
+    const DELIBERATELY_UNKNOWN: &[&str] = &[
+        "$bit",     // mongod has it; embedded-db does not
+        "$unknown", // no server has it
+    ];
+
+    /// Every operator the server's update parser accepts is in [`UPDATE_OPS`], and every other
+    /// name there is deliberately unknown.
+    #[test]
+    fn update_ops_match_the_server_parser() {
+        let accepted = embedded_db::UPDATE_OPERATORS;
+        let missing: Vec<_> = accepted
+            .iter()
+            .filter(|op| !UPDATE_OPS.contains(op))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "update operators the server accepts that grammar::UPDATE_OPS lacks: {missing:?}"
+        );
+        let unexplained: Vec<_> = UPDATE_OPS
+            .iter()
+            .filter(|op| !accepted.contains(op) && !DELIBERATELY_UNKNOWN.contains(op))
+            .collect();
+        assert!(
+            unexplained.is_empty(),
+            "names in grammar::UPDATE_OPS the server refuses, not deliberately unknown: \
+             {unexplained:?}"
+        );
+        let stale: Vec<_> = DELIBERATELY_UNKNOWN
+            .iter()
+            .filter(|op| accepted.contains(op) || !UPDATE_OPS.contains(op))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "deliberately unknown names the server accepts or grammar::UPDATE_OPS lacks: {stale:?}"
+        );
+    }
 }

@@ -3,8 +3,8 @@
 //! and huge declared lengths.
 
 use crate::frame::{self, HEADER_LEN, MAX_MESSAGE_LEN, OP_MSG, OP_QUERY};
+use crate::raw_bson::{self, field, s};
 use crate::rng::Rng;
-use crate::val::{self, field, s};
 use crate::values;
 
 /// Length values that sit on the server's checks: below a header, at the limits, negative.
@@ -106,7 +106,7 @@ pub(crate) fn mutate_frame(
             9 => {
                 log.push("second-kind0");
                 bytes.push(0);
-                bytes.extend_from_slice(&val::encode(&values::document(rng, 2)));
+                bytes.extend_from_slice(&raw_bson::encode(&values::document(rng, 2)));
             }
             10 => {
                 log.push("append-random");
@@ -145,7 +145,7 @@ pub(crate) fn mutate_frame(
 /// A kind-1 section whose size field lies (0, 3, 4, negative, past the end) or whose identifier
 /// is unterminated or not UTF-8.
 fn bogus_sequence(rng: &mut Rng) -> Vec<u8> {
-    let doc = val::encode(&vec![field("_id", val::Val::Int32(1))]);
+    let doc = raw_bson::encode(&vec![field("_id", raw_bson::Val::Int32(1))]);
     let mut out = frame::sequence_section(b"documents", &[doc.clone(), doc]);
     match rng.below(5) {
         0 => {
@@ -200,19 +200,19 @@ pub(crate) fn op_query(rng: &mut Rng) -> Vec<u8> {
     let name = *rng.pick(&[
         "isMaster", "ismaster", "hello", "find", "ping", "insert", "$query",
     ]);
-    let mut query = vec![field(name, val::Val::Int32(1))];
+    let mut query = vec![field(name, raw_bson::Val::Int32(1))];
     if rng.percent(40) {
-        query.push(field("helloOk", val::Val::Bool(1)));
+        query.push(field("helloOk", raw_bson::Val::Bool(1)));
     }
     if rng.percent(30) {
         query.push(field("client", values::value(rng, 6)));
     }
     if rng.percent(30) {
         query = vec![
-            field("$query", val::Val::Doc(query)),
+            field("$query", raw_bson::Val::Doc(query)),
             field(
                 "$readPreference",
-                val::Val::Doc(vec![field("mode", s("primaryPreferred"))]),
+                raw_bson::Val::Doc(vec![field("mode", s("primaryPreferred"))]),
             ),
         ];
     }
@@ -221,7 +221,7 @@ pub(crate) fn op_query(rng: &mut Rng) -> Vec<u8> {
     }
     let selector = rng
         .percent(15)
-        .then(|| val::encode(&values::document(rng, 2)));
+        .then(|| raw_bson::encode(&values::document(rng, 2)));
     let skip_return = (
         *rng.pick(&[0, 0, 1, -1, i32::MAX]),
         *rng.pick(&[-1, -1, 0, 1, i32::MIN, i32::MAX]),
@@ -232,7 +232,7 @@ pub(crate) fn op_query(rng: &mut Rng) -> Vec<u8> {
         flags,
         &collection,
         skip_return,
-        &val::encode(&query),
+        &raw_bson::encode(&query),
         selector.as_deref(),
     )
 }
@@ -243,11 +243,11 @@ pub(crate) fn huge(rng: &mut Rng) -> Vec<u8> {
     if rng.one_in(400) {
         // A whole body just over the document limit, as one kind-0 section.
         let big = "x".repeat(16 * 1024 * 1024 + rng.below(1024));
-        let body = val::encode(&vec![
+        let body = raw_bson::encode(&vec![
             field("insert", s("c")),
             field(
                 "documents",
-                val::Val::Array(vec![val::Val::Doc(vec![field("s", s(&big))])]),
+                raw_bson::Val::Array(vec![raw_bson::Val::Doc(vec![field("s", s(&big))])]),
             ),
             field("$db", s("fuzz")),
         ]);

@@ -214,7 +214,7 @@ fn save(dir: &Path, finding: &Finding, signature: &str) -> std::io::Result<PathB
     let _ = writeln!(note, "context:    {}", finding.context);
     let _ = writeln!(
         note,
-        "replay:     cargo run --release -p embedded-db --example fuzz -- --replay {}\n",
+        "replay:     cargo run --release -p embedded-db-fuzz -- --replay {}\n",
         path.display()
     );
     let _ = writeln!(

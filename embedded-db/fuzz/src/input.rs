@@ -6,8 +6,8 @@ use std::path::Path;
 use crate::frame::{self, FLAG_CHECKSUM, FLAG_MORE_TO_COME, OP_MSG};
 use crate::grammar::{self, Msg};
 use crate::raw;
+use crate::raw_bson::{self, Doc};
 use crate::rng::Rng;
-use crate::val::{self, Doc};
 use crate::values;
 
 /// Which generator made an input (for the statistics).
@@ -99,7 +99,7 @@ fn parse_op_msg(bytes: &[u8]) -> Option<Msg> {
             0 => {
                 let len = usize::try_from(frame::read_i32(tail, 0)?).ok()?;
                 let doc = bson::Document::from_reader(tail.get(..len)?).ok()?;
-                body = Some(val::from_document(&doc));
+                body = Some(raw_bson::from_document(&doc));
                 rest = &tail[len..];
             }
             1 => {
@@ -111,7 +111,7 @@ fn parse_op_msg(bytes: &[u8]) -> Option<Msg> {
                 let mut docs = Vec::new();
                 while !section.is_empty() {
                     let len = usize::try_from(frame::read_i32(section, 0)?).ok()?;
-                    docs.push(val::from_document(
+                    docs.push(raw_bson::from_document(
                         &bson::Document::from_reader(section.get(..len)?).ok()?,
                     ));
                     section = &section[len..];
@@ -168,7 +168,7 @@ fn raw_input(rng: &mut Rng, corpus: &Corpus, request_id: i32) -> Input {
             }
         }
         4 => {
-            let body = val::encode(&values::random_body(rng));
+            let body = raw_bson::encode(&values::random_body(rng));
             (
                 raw::mutate_frame(rng, frame::op_msg(request_id, 0, &body, &[]), &mut log),
                 "random body".to_owned(),
