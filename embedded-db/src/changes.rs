@@ -198,6 +198,30 @@ pub(crate) struct Batch {
     pub(crate) finished: bool,
 }
 
+/// A string option that names one of `values`: `default` when absent or null, `BadValue` for
+/// another string, `TypeMismatch` for another type (mongod's codes and messages for
+/// `fullDocument` and `fullDocumentBeforeChange`).
+fn choice<T: Copy>(
+    options: &Document,
+    key: &str,
+    default: T,
+    values: &[(&str, T)],
+) -> CommandResult<T> {
+    match options.get(key) {
+        None | Some(Bson::Null) => Ok(default),
+        Some(Bson::String(s)) => values
+            .iter()
+            .find(|(name, _)| name == s)
+            .map(|(_, value)| *value)
+            .ok_or_else(|| {
+                CommandError::bad_value(format!("'{s}' is not a valid value for {key}"))
+            }),
+        Some(other) => Err(CommandError::type_mismatch(format!(
+            "{key} must be a string, not {other}"
+        ))),
+    }
+}
+
 impl ChangeStream {
     /// Opens a stream from a `$changeStream` stage and the stages after it, resolving the start
     /// position against the change log of `read` (286 when it is older than the kept history,
@@ -208,43 +232,27 @@ impl ChangeStream {
         rest: &[Bson],
         read: &ReadCtx,
     ) -> CommandResult<Self> {
-        let full_document = match options.get("fullDocument") {
-            None | Some(Bson::Null) => FullDocument::Default,
-            Some(Bson::String(s)) => match s.as_str() {
-                "default" => FullDocument::Default,
-                "updateLookup" => FullDocument::UpdateLookup,
-                "whenAvailable" => FullDocument::WhenAvailable,
-                "required" => FullDocument::Required,
-                other => {
-                    return Err(CommandError::bad_value(format!(
-                        "'{other}' is not a valid value for fullDocument"
-                    )))
-                }
-            },
-            Some(other) => {
-                return Err(CommandError::type_mismatch(format!(
-                    "fullDocument must be a string, not {other}"
-                )))
-            }
-        };
-        let before_change = match options.get("fullDocumentBeforeChange") {
-            None | Some(Bson::Null) => BeforeChange::Off,
-            Some(Bson::String(s)) => match s.as_str() {
-                "off" => BeforeChange::Off,
-                "whenAvailable" => BeforeChange::WhenAvailable,
-                "required" => BeforeChange::Required,
-                other => {
-                    return Err(CommandError::bad_value(format!(
-                        "'{other}' is not a valid value for fullDocumentBeforeChange"
-                    )))
-                }
-            },
-            Some(other) => {
-                return Err(CommandError::type_mismatch(format!(
-                    "fullDocumentBeforeChange must be a string, not {other}"
-                )))
-            }
-        };
+        let full_document = choice(
+            options,
+            "fullDocument",
+            FullDocument::Default,
+            &[
+                ("default", FullDocument::Default),
+                ("updateLookup", FullDocument::UpdateLookup),
+                ("whenAvailable", FullDocument::WhenAvailable),
+                ("required", FullDocument::Required),
+            ],
+        )?;
+        let before_change = choice(
+            options,
+            "fullDocumentBeforeChange",
+            BeforeChange::Off,
+            &[
+                ("off", BeforeChange::Off),
+                ("whenAvailable", BeforeChange::WhenAvailable),
+                ("required", BeforeChange::Required),
+            ],
+        )?;
         let expanded = flag(options, "showExpandedEvents")?;
         // Sharding events only: a replica set has none to show.
         flag(options, "showSystemEvents")?;
