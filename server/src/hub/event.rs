@@ -4,9 +4,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use app::repo::{DEVICES, USERS};
+use app::model::{id_text, DEVICES, USERS};
 use bytes::Bytes;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 
 /// Bytes of one server-sent event, built once and shared by every client: the HTTP/1.1 chunk
@@ -133,11 +133,7 @@ pub(super) fn to_live(event: &ChangeStreamEvent<Document>) -> Option<LiveEvent> 
         _ => return None,
     };
     let collection = event.ns.as_ref()?.coll.clone()?;
-    let id = match event.document_key.as_ref()?.get("_id")? {
-        Bson::ObjectId(oid) => oid.to_hex(),
-        Bson::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    let id = id_text(event.document_key.as_ref()?.get("_id")?);
     let data =
         serde_json::json!({ "operationType": operation, "collection": collection, "id": id });
     Some(LiveEvent::change(token_text(&event.id)?, &data.to_string()))
