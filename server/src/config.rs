@@ -51,7 +51,7 @@ pub struct Config {
     /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
     pub embedded_test_commands: bool,
     /// `SITE_HOSTS`: host names (lowercase, `name` or `name:port`) that writes may name in
-    /// `Host` besides IP addresses and `localhost`; see [`crate::forms`].
+    /// `Host` besides IP addresses and `localhost`; see [`crate::server_fns`].
     pub site_hosts: Vec<String>,
 }
 

@@ -7,7 +7,7 @@
 //! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
 //! - `hub`: the one change stream and its fan-out to clients.
 //! - `net`: the listener, write deadlines, handing a connection over to its event stream.
-//! - `forms`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
+//! - `server_fns`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
 //! - `metrics`: the counters behind `/metrics`.
 //! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`, `/metrics`.
 //! - `state`, `error`: shared state, the error body.
@@ -15,11 +15,11 @@
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod forms;
 pub mod hub;
 pub mod metrics;
 pub mod net;
 mod routes;
+pub mod server_fns;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            forms::guard,
+            server_fns::guard,
         ))
         // The default predicate never compresses text/event-stream, so the feed stays
         // uncompressed while pages are compressed.
