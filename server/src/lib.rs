@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, StartupError};
 pub use state::AppState;
 
 /// How long start-up waits for the change stream before serving anyway (it keeps retrying).
@@ -121,19 +121,19 @@ impl Running {
 pub async fn start(
     config: Config,
     mut leptos_options: LeptosOptions,
-) -> Result<Running, ConfigError> {
+) -> Result<Running, StartupError> {
     // Bind first: a taken address must stop start-up before anything else is started.
     let listener = tokio::net::TcpListener::bind(config.site_addr)
         .await
         .map_err(|e| {
-            ConfigError::new(
+            StartupError::new(
                 "LEPTOS_SITE_ADDR",
                 format!("cannot listen on {}: {e}", config.site_addr),
             )
         })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| ConfigError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
+        .map_err(|e| StartupError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
     let connection = db::connect(&config).await?;
     let embedded_addr = connection
         .embedded
@@ -147,13 +147,13 @@ pub async fn start(
     db::ensure_username_index(&connection.db)
         .await
         .map_err(|e| {
-            ConfigError::new(
+            StartupError::new(
                 database_variable,
                 format!("cannot create the {} index: {e}", db::USERNAME_INDEX),
             )
         })?;
     let inserted = db::seed(&connection.db).await.map_err(|e| {
-        ConfigError::new(database_variable, format!("cannot seed the database: {e}"))
+        StartupError::new(database_variable, format!("cannot seed the database: {e}"))
     })?;
     if inserted > 0 {
         tracing::info!(inserted, "seeded sample users and devices");
@@ -171,7 +171,7 @@ pub async fn start(
         tracing::warn!("change stream not open yet; serving anyway, /readyz says 503 until it is");
     }
     let streams = start_stream_threads(shutdown.clone()).map_err(|e| {
-        ConfigError::new(
+        StartupError::new(
             "SSE_MAX_CLIENTS",
             format!("cannot start the event-stream threads: {e}"),
         )

@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn fail(err: &server::ConfigError) -> ExitCode {
+fn fail(err: &server::StartupError) -> ExitCode {
     eprintln!("realtime: {err}");
     ExitCode::FAILURE
 }
