@@ -10,6 +10,7 @@
 //! - `server_fns`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
 //! - `metrics`: the counters behind `/metrics`.
 //! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`, `/metrics`.
+//! - `shutdown`: the signals that stop the server.
 //! - `state`, `error`: shared state, the error body.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod net;
 mod routes;
 pub mod server_fns;
+pub mod shutdown;
 pub mod state;
 
 use std::net::SocketAddr;

@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
         Ok(running) => running,
         Err(e) => return fail(&e),
     };
-    embedded_db::shutdown_signal().await;
+    server::shutdown::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
