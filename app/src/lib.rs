@@ -16,6 +16,7 @@ pub mod model;
 pub mod pages;
 #[cfg(feature = "ssr")]
 pub mod repo;
+pub mod request;
 
 /// The path of the home page, the only page.
 pub const HOME: &str = "/";
@@ -53,33 +54,4 @@ pub fn App() -> impl IntoView {
         Either::Right(view! { <p class="p-6">"Page not found."</p> })
     };
     view! { <main class="mx-auto max-w-3xl p-6">{page}</main> }
-}
-
-/// The page's URL, on the server (the request) and in the browser (the location) alike.
-pub mod request {
-    /// The path.
-    pub fn path() -> Option<String> {
-        #[cfg(feature = "ssr")]
-        return leptos::prelude::use_context::<http::request::Parts>()
-            .map(|parts| parts.uri.path().to_owned());
-        #[cfg(all(feature = "hydrate", not(feature = "ssr")))]
-        return leptos::prelude::window().location().pathname().ok();
-        #[cfg(not(any(feature = "ssr", feature = "hydrate")))]
-        None
-    }
-
-    /// The query string, without the `?`.
-    pub fn query() -> Option<String> {
-        #[cfg(feature = "ssr")]
-        return leptos::prelude::use_context::<http::request::Parts>()
-            .and_then(|parts| parts.uri.query().map(str::to_owned));
-        #[cfg(all(feature = "hydrate", not(feature = "ssr")))]
-        return leptos::prelude::window()
-            .location()
-            .search()
-            .ok()
-            .map(|search| search.trim_start_matches('?').to_owned());
-        #[cfg(not(any(feature = "ssr", feature = "hydrate")))]
-        None
-    }
 }

@@ -154,6 +154,12 @@ impl Refetch {
     }
 }
 
+/// The feed an ancestor provided with [`Live::provide`]; panics without one (a component
+/// placed outside the page that owns the feed).
+pub fn use_live() -> Live {
+    expect_context::<Live>()
+}
+
 /// The live feed's signals, shared through context.
 #[derive(Debug, Clone, Copy)]
 pub struct Live {
@@ -176,11 +182,6 @@ impl Live {
         };
         provide_context(live);
         live
-    }
-
-    /// The feed provided by an ancestor.
-    pub fn expect() -> Self {
-        expect_context::<Self>()
     }
 
     /// When the users list refetches.

@@ -38,6 +38,18 @@ pub struct Device {
     pub locked: bool,
 }
 
+/// `_id` as the contract writes it (in lists, JSON routes and change events): 24 hex digits for
+/// an ObjectId, the string itself for a string, the value's BSON text otherwise.
+#[cfg(feature = "ssr")]
+pub fn id_text(id: &mongodb::bson::Bson) -> String {
+    use mongodb::bson::Bson;
+    match id {
+        Bson::ObjectId(oid) => oid.to_hex(),
+        Bson::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A list read at a known position of the live event stream: subscribing from `position`
 /// delivers every change committed after the list was read, so nothing falls in between.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,5 +150,14 @@ mod tests {
         assert_eq!(sent, serde_json::to_string(&snapshot).expect("plain"));
         let back: Listed<User> = serde_json::from_str(&sent).expect("deserialize");
         assert_eq!(*back, snapshot);
+    }
+
+    #[test]
+    fn ids_are_written_as_the_contract_says() {
+        use mongodb::bson::{oid::ObjectId, Bson};
+        let oid = ObjectId::new();
+        assert_eq!(id_text(&Bson::ObjectId(oid)), oid.to_hex());
+        assert_eq!(id_text(&Bson::String("x".into())), "x");
+        assert_eq!(id_text(&Bson::Int32(7)), "7");
     }
 }

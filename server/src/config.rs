@@ -5,17 +5,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A setting that could not be used: says which variable and why, on one line.
+/// Why the server did not start: a setting that could not be used, or what it named failed
+/// (an address in use, a database out of reach, seeding, threads). Says which variable to fix
+/// and why, on one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{variable}: {message}")]
-pub struct ConfigError {
-    /// The environment variable.
+pub struct StartupError {
+    /// The environment variable to fix.
     pub variable: &'static str,
-    /// What is wrong with it.
+    /// What went wrong.
     pub message: String,
 }
 
-impl ConfigError {
+impl StartupError {
     /// An error about `variable`.
     pub fn new(variable: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -51,7 +53,7 @@ pub struct Config {
     /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
     pub embedded_test_commands: bool,
     /// `SITE_HOSTS`: host names (lowercase, `name` or `name:port`) that writes may name in
-    /// `Host` besides IP addresses and `localhost`; see [`crate::forms`].
+    /// `Host` besides IP addresses and `localhost`; see [`crate::server_fns`].
     pub site_hosts: Vec<String>,
 }
 
@@ -75,18 +77,18 @@ impl Default for Config {
 
 impl Config {
     /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, StartupError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Reads settings through `get` (a variable's value, if set); unset or empty means default.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, StartupError> {
         let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let defaults = Self::default();
         let mongo_uri = var("MONGO_URI");
         if let Some(uri) = &mongo_uri {
             if !uri.starts_with("mongodb://") && !uri.starts_with("mongodb+srv://") {
-                return Err(ConfigError::new(
+                return Err(StartupError::new(
                     "MONGO_URI",
                     "must start with mongodb:// or mongodb+srv://",
                 ));
@@ -94,7 +96,7 @@ impl Config {
         }
         let mongo_db = match var("MONGO_DB") {
             Some(name) if name.contains(['/', '\\', '.', ' ', '"', '$']) || name.len() > 63 => {
-                return Err(ConfigError::new(
+                return Err(StartupError::new(
                     "MONGO_DB",
                     format!("invalid database name '{name}'"),
                 ))
@@ -124,7 +126,7 @@ impl Config {
                 5000u64,
                 "number of milliseconds",
             )? {
-                0 => return Err(ConfigError::new("SSE_HEARTBEAT_MS", "must be at least 1")),
+                0 => return Err(StartupError::new("SSE_HEARTBEAT_MS", "must be at least 1")),
                 ms => Duration::from_millis(ms),
             },
             max_clients: parse(
@@ -140,7 +142,7 @@ impl Config {
                 "number of milliseconds",
             )? {
                 0 => {
-                    return Err(ConfigError::new(
+                    return Err(StartupError::new(
                         "SSE_WRITE_TIMEOUT_MS",
                         "must be at least 1",
                     ))
@@ -154,7 +156,7 @@ impl Config {
                 "whole number",
             )? {
                 0 => {
-                    return Err(ConfigError::new(
+                    return Err(StartupError::new(
                         "EMBEDDED_DB_MAX_CONNECTIONS",
                         "must be at least 1",
                     ))
@@ -170,7 +172,7 @@ impl Config {
             embedded_test_commands: match var("EMBEDDED_DB_TEST_COMMANDS") {
                 None => defaults.embedded_test_commands,
                 Some(text) => parse_switch(&text).ok_or_else(|| {
-                    ConfigError::new(
+                    StartupError::new(
                         "EMBEDDED_DB_TEST_COMMANDS",
                         format!("expected 1/true or 0/false, got '{text}'"),
                     )
@@ -194,13 +196,13 @@ fn parse<T: std::str::FromStr>(
     variable: &'static str,
     default: T,
     what: &str,
-) -> Result<T, ConfigError> {
+) -> Result<T, StartupError> {
     match value {
         None => Ok(default),
         Some(text) => text
             .trim()
             .parse()
-            .map_err(|_| ConfigError::new(variable, format!("invalid {what} '{text}'"))),
+            .map_err(|_| StartupError::new(variable, format!("invalid {what} '{text}'"))),
     }
 }
 

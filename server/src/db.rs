@@ -9,7 +9,7 @@ use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, StartupError};
 
 /// How long start-up waits for a deployment to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +36,7 @@ impl Connection {
 }
 
 /// Connects as configured and checks the database answers; errors name the variable to fix.
-pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
+pub async fn connect(config: &Config) -> Result<Connection, StartupError> {
     let (uri, variable, embedded) = match &config.mongo_uri {
         Some(uri) => (uri.clone(), "MONGO_URI", None),
         None => {
@@ -49,14 +49,14 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
                 .await
                 .map_err(|e| match e {
                     embedded_db::StartError::Bind { .. } => {
-                        ConfigError::new("EMBEDDED_DB_ADDR", e.to_string())
+                        StartupError::new("EMBEDDED_DB_ADDR", e.to_string())
                     }
                     embedded_db::StartError::Storage { .. } => {
-                        ConfigError::new("EMBEDDED_DB_PATH", e.to_string())
+                        StartupError::new("EMBEDDED_DB_PATH", e.to_string())
                     }
                     // Not a bad value: the system refused threads. `MONGO_URI` is the setting
                     // that avoids the embedded database altogether.
-                    embedded_db::StartError::Runtime { .. } => ConfigError::new(
+                    embedded_db::StartError::Runtime { .. } => StartupError::new(
                         "MONGO_URI",
                         format!("unset, and the embedded database cannot start: {e}"),
                     ),
@@ -66,18 +66,18 @@ pub async fn connect(config: &Config) -> Result<Connection, ConfigError> {
     };
     let mut options = ClientOptions::parse(&uri)
         .await
-        .map_err(|e| ConfigError::new(variable, format!("invalid connection string: {e}")))?;
+        .map_err(|e| StartupError::new(variable, format!("invalid connection string: {e}")))?;
     options
         .server_selection_timeout
         .get_or_insert(CONNECT_TIMEOUT);
     options.app_name = Some("realtime".to_owned());
     let client = Client::with_options(options)
-        .map_err(|e| ConfigError::new(variable, format!("invalid client options: {e}")))?;
+        .map_err(|e| StartupError::new(variable, format!("invalid client options: {e}")))?;
     client
         .database("admin")
         .run_command(doc! { "ping": 1 })
         .await
-        .map_err(|e| ConfigError::new(variable, format!("cannot reach the database: {e}")))?;
+        .map_err(|e| StartupError::new(variable, format!("cannot reach the database: {e}")))?;
     let db = client.database(&config.mongo_db);
     Ok(Connection {
         client,

@@ -7,19 +7,21 @@
 //! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
 //! - `hub`: the one change stream and its fan-out to clients.
 //! - `net`: the listener, write deadlines, handing a connection over to its event stream.
-//! - `forms`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
+//! - `server_fns`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
 //! - `metrics`: the counters behind `/metrics`.
 //! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`, `/metrics`.
+//! - `shutdown`: the signals that stop the server.
 //! - `state`, `error`: shared state, the error body.
 
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod forms;
 pub mod hub;
 pub mod metrics;
 pub mod net;
 mod routes;
+pub mod server_fns;
+pub mod shutdown;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -37,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, StartupError};
 pub use state::AppState;
 
 /// How long start-up waits for the change stream before serving anyway (it keeps retrying).
@@ -67,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            forms::guard,
+            server_fns::guard,
         ))
         // The default predicate never compresses text/event-stream, so the feed stays
         // uncompressed while pages are compressed.
@@ -121,19 +123,19 @@ impl Running {
 pub async fn start(
     config: Config,
     mut leptos_options: LeptosOptions,
-) -> Result<Running, ConfigError> {
+) -> Result<Running, StartupError> {
     // Bind first: a taken address must stop start-up before anything else is started.
     let listener = tokio::net::TcpListener::bind(config.site_addr)
         .await
         .map_err(|e| {
-            ConfigError::new(
+            StartupError::new(
                 "LEPTOS_SITE_ADDR",
                 format!("cannot listen on {}: {e}", config.site_addr),
             )
         })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| ConfigError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
+        .map_err(|e| StartupError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
     let connection = db::connect(&config).await?;
     let embedded_addr = connection
         .embedded
@@ -147,13 +149,13 @@ pub async fn start(
     db::ensure_username_index(&connection.db)
         .await
         .map_err(|e| {
-            ConfigError::new(
+            StartupError::new(
                 database_variable,
                 format!("cannot create the {} index: {e}", db::USERNAME_INDEX),
             )
         })?;
     let inserted = db::seed(&connection.db).await.map_err(|e| {
-        ConfigError::new(database_variable, format!("cannot seed the database: {e}"))
+        StartupError::new(database_variable, format!("cannot seed the database: {e}"))
     })?;
     if inserted > 0 {
         tracing::info!(inserted, "seeded sample users and devices");
@@ -171,7 +173,7 @@ pub async fn start(
         tracing::warn!("change stream not open yet; serving anyway, /readyz says 503 until it is");
     }
     let streams = start_stream_threads(shutdown.clone()).map_err(|e| {
-        ConfigError::new(
+        StartupError::new(
             "SSE_MAX_CLIENTS",
             format!("cannot start the event-stream threads: {e}"),
         )

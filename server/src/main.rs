@@ -13,7 +13,8 @@ use leptos::prelude::get_configuration;
 
 /// jemalloc, with its background threads purging freed memory on a timer, gives memory back to
 /// the system once clients leave, even while the process is idle (glibc's malloc and mimalloc
-/// kept what thousands of connections had used; README, "Load on the live feed", has the figures).
+/// kept what thousands of connections had used; `docs/benchmarks.md`, "Load on the live feed",
+/// has the figures).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -43,13 +44,13 @@ async fn main() -> ExitCode {
         Ok(running) => running,
         Err(e) => return fail(&e),
     };
-    embedded_db::shutdown_signal().await;
+    server::shutdown::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
 }
 
-fn fail(err: &server::ConfigError) -> ExitCode {
+fn fail(err: &server::StartupError) -> ExitCode {
     eprintln!("realtime: {err}");
     ExitCode::FAILURE
 }

@@ -2,14 +2,14 @@
 
 use leptos::prelude::*;
 
-use crate::live::Live;
+use crate::live::use_live;
 
 /// Shows whether the event stream is connected; `data-role` says whether this tab reads the
 /// stream for the browser's tabs (`leader`), gets events from the tab that does (`follower`),
 /// or reads its own (`own`).
 #[component]
 pub fn LiveStatus() -> impl IntoView {
-    let live = Live::expect();
+    let live = use_live();
     let state = move || live.status().as_str();
     let role = move || live.role().map(crate::live::Role::as_str);
     let class = move || {

@@ -1,5 +1,5 @@
-//! The users card (the tutorial's `UserCard`): the list, a form to add a user, and on every
-//! row an inline edit form and a delete with a confirmation step.
+//! The users card: the list of users, a form to add one, and on every row an inline edit form
+//! and a delete with a confirmation step.
 //!
 //! Every form is a [`PostForm`]: with WASM it posts in the background; without, it is a plain
 //! form post and the server sends the browser back to the page. Either way the list changes

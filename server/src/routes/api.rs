@@ -1,5 +1,6 @@
-//! The JSON routes: `GET /api/users` (the tutorial's `getData`) and
-//! `GET /api/lockDevices`.
+//! The JSON routes: `GET /api/users` (every user) and `GET /api/lockDevices` (every device of
+//! type `"lock"`), in `_id` order, read through the same cached snapshots as the page. Other
+//! methods get `405`; other `/api` paths a JSON `404`.
 
 use app::model::{Device, User};
 use axum::extract::State;

@@ -3,7 +3,8 @@
 //! The stream starts with a jittered `retry:`, then (when the client names a
 //! last position) the changes it missed or one `resync`, then live changes and
 //! heartbeats, each framed once by the hub. It never answers an error status:
-//! `EventSource` gives up for good on one.
+//! `EventSource` gives up for good on one. What a stream carries (backlog, duplicates,
+//! `resync` on lag) is the hub's [`Feed`](crate::hub::Feed); this file speaks only HTTP.
 //!
 //! On HTTP/1.1 the handler takes the connection over from hyper (see [`crate::net`]): the
 //! stream is then written by a small task of its own straight to the socket, with a write
@@ -25,11 +26,10 @@ use axum::{Extension, Router};
 use bytes::{Buf, Bytes};
 use futures::stream::{self, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Beat, Frame, Hub, LiveEvent};
+use crate::hub::{Frame, Hub};
 use crate::metrics::bump;
 use crate::net::ConnInfo;
 use crate::state::AppState;
@@ -80,15 +80,15 @@ async fn sse(
                 .map(|(_, v)| v)
         })
         .filter(|id| !id.is_empty());
-    let client = Client {
-        hub: state.hub.clone(),
-        last_event_id,
-        retry,
-        guard,
-        shutdown: state.shutdown.clone(),
-    };
     match connection {
         Some(Extension(ConnectInfo(connection))) if version == Version::HTTP_11 => {
+            let client = Client {
+                hub: state.hub.clone(),
+                last_event_id,
+                retry,
+                guard,
+                shutdown: state.shutdown.clone(),
+            };
             let write_timeout = state.config.write_timeout;
             let streams = state.streams;
             connection.take_over(Box::new(move |socket, head| {
@@ -110,7 +110,7 @@ async fn sse(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
-        _ => event_stream(client.into_body()),
+        _ => event_stream(body(state.hub, last_event_id, retry, guard, state.shutdown)),
     }
 }
 
@@ -127,7 +127,7 @@ fn event_stream(body: Body) -> Response {
         .into_response()
 }
 
-/// One admitted stream, before it is subscribed.
+/// One admitted stream on a connection taken over from hyper, before it is subscribed.
 struct Client {
     hub: Hub,
     last_event_id: Option<String>,
@@ -143,24 +143,16 @@ impl Client {
     /// nothing more to say on this connection), falls a buffer behind (after a `resync`), or
     /// accepts none of its pending bytes for `write_timeout`; or when the server shuts down.
     async fn write_to(self, socket: TcpStream, head: Bytes, write_timeout: Duration) {
-        let Self {
-            hub,
-            last_event_id,
-            retry,
-            guard,
-            shutdown,
-        } = self;
-        let metrics = Arc::clone(hub.metrics());
         let writer = SocketWriter {
             socket,
             timeout: write_timeout,
         };
         let written = async {
             writer.write(head).await?;
-            writer.write(retry.chunk()).await?;
+            writer.write(self.retry.chunk()).await?;
             // Boxed: subscribing may replay from the database, a large future that the task
             // would otherwise carry for its whole life.
-            let subscribe = Box::pin(Feed::subscribe(hub, last_event_id.as_deref()));
+            let subscribe = Box::pin(self.hub.feed(self.last_event_id.as_deref()));
             let mut feed = tokio::select! {
                 feed = subscribe => feed,
                 () = writer.peer_gone() => return Err(Cut::Gone),
@@ -175,111 +167,47 @@ impl Client {
         };
         let ended = tokio::select! {
             ended = written => ended,
-            () = shutdown.cancelled() => Ok(()),
+            () = self.shutdown.cancelled() => Ok(()),
         };
         match ended {
             // The server ended it (lag, shutdown): end the body cleanly, if it fits.
             Ok(()) => {
                 let _ = writer.socket.try_write(CHUNKED_END);
             }
-            Err(Cut::TimedOut) => bump(&metrics.cut_off_write_timeout),
+            Err(Cut::TimedOut) => bump(&self.hub.metrics().cut_off_write_timeout),
             Err(Cut::Gone) => {}
         }
-        drop(guard);
-    }
-
-    /// The stream as a body hyper frames (HTTP/1.0, HTTP/2).
-    fn into_body(self) -> Body {
-        let Self {
-            hub,
-            last_event_id,
-            retry,
-            guard,
-            shutdown,
-        } = self;
-        let subscribed = stream::once(async move {
-            let feed = Feed::subscribe(hub, last_event_id.as_deref()).await;
-            stream::unfold(feed, |mut feed| async move {
-                let frame = feed.next().await?;
-                Some((frame, feed))
-            })
-        })
-        .flatten();
-        let frames = stream::once(async move { retry })
-            .chain(subscribed)
-            // The guard lives as long as the body: dropping the response frees the slot.
-            .map(move |frame| {
-                let _ = &guard;
-                Ok::<_, Infallible>(frame.text())
-            })
-            .take_until(async move { shutdown.cancelled().await });
-        Body::from_stream(frames)
+        // Frees the stream's slot.
+        drop(self.guard);
     }
 }
 
-/// A subscribed stream: the backlog, then live changes (skipping those already in the
-/// backlog) and heartbeats. A client that fell a whole buffer behind gets `resync` (its id the
-/// feed's current position, so a reconnect does not replay what the refetch already covers)
-/// and the feed ends.
-struct Feed {
+/// The stream as a body hyper frames (HTTP/1.0, HTTP/2): `retry:`, then the feed of a client
+/// that last saw `last_event_id`, until the server shuts down. `guard` lives as long as the
+/// body: dropping the response frees the slot.
+fn body(
     hub: Hub,
-    backlog: std::vec::IntoIter<Arc<LiveEvent>>,
-    live: Option<tokio::sync::broadcast::Receiver<Beat>>,
-    /// The backlog's last position, until a live event passes it.
-    after: Option<String>,
-}
-
-impl Feed {
-    async fn subscribe(hub: Hub, last_event_id: Option<&str>) -> Self {
-        let subscription = hub.subscribe(last_event_id).await;
-        Self {
-            hub,
-            backlog: subscription.backlog.into_iter(),
-            live: Some(subscription.live),
-            after: subscription.after,
-        }
-    }
-
-    /// The next frame to send; `None` once the feed ended. Cancel-safe.
-    async fn next(&mut self) -> Option<Frame> {
-        if let Some(event) = self.backlog.next() {
-            return Some(event.frame().clone());
-        }
-        loop {
-            let received = self.live.as_mut()?.recv().await;
-            match received {
-                Ok(Beat::Heartbeat(frame)) => return Some(frame),
-                Ok(Beat::Event(event)) => {
-                    let duplicate = !event.is_resync()
-                        && self
-                            .after
-                            .as_deref()
-                            .is_some_and(|after| event.token() <= after);
-                    if !duplicate {
-                        // Once past the backlog's end, later events cannot repeat it: the
-                        // comparison stops (it ran per event per client).
-                        if self
-                            .after
-                            .as_deref()
-                            .is_some_and(|after| event.token() > after)
-                        {
-                            self.after = None;
-                        }
-                        return Some(event.frame().clone());
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    self.live = None;
-                    bump(&self.hub.metrics().cut_off_lag);
-                    return Some(self.hub.resync_now().frame().clone());
-                }
-                Err(RecvError::Closed) => {
-                    self.live = None;
-                    return None;
-                }
-            }
-        }
-    }
+    last_event_id: Option<String>,
+    retry: Frame,
+    guard: ClientGuard,
+    shutdown: CancellationToken,
+) -> Body {
+    let subscribed = stream::once(async move {
+        let feed = hub.feed(last_event_id.as_deref()).await;
+        stream::unfold(feed, |mut feed| async move {
+            let frame = feed.next().await?;
+            Some((frame, feed))
+        })
+    })
+    .flatten();
+    let frames = stream::once(async move { retry })
+        .chain(subscribed)
+        .map(move |frame| {
+            let _ = &guard;
+            Ok::<_, Infallible>(frame.text())
+        })
+        .take_until(async move { shutdown.cancelled().await });
+    Body::from_stream(frames)
 }
 
 /// Why a stream written to its socket was cut.

@@ -408,7 +408,7 @@ async fn cross_site_writes_are_refused() {
 async fn hostile_bodies_get_client_errors() {
     let app = common::start().await;
     let url = app.url("/_server/add_user");
-    let huge = "a".repeat(server::forms::BODY_LIMIT + 1);
+    let huge = "a".repeat(server::server_fns::BODY_LIMIT + 1);
     let response = client()
         .post(&url)
         .header("content-type", "application/x-www-form-urlencoded")
