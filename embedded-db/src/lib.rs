@@ -72,8 +72,8 @@ pub use server::{
 #[doc(hidden)]
 pub use query::update::UPDATE_OPERATORS;
 
-/// Resolves on Ctrl-C or SIGTERM: the shutdown trigger of the `embedded-db` binary and of an
-/// application embedding the server.
+/// Resolves on Ctrl-C or SIGTERM: the shutdown trigger of the `embedded-db` binary (the web
+/// server has its own, in `server/src/shutdown.rs`).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
