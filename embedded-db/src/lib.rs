@@ -19,7 +19,7 @@
 //! # Layout
 //!
 //! The data path, from socket to disk; each module names only modules listed after it
-//! (`docs/architecture.md` has the rules, `layering.rs` tests them):
+//! (`docs/architecture.md` has the rules, `tests/layering.rs` tests them):
 //!
 //! - `server`: the server's own runtime, the listener with its connection limit, one task per
 //!   connection, shutdown.
@@ -54,8 +54,6 @@ mod db;
 pub mod error;
 mod fail_point;
 mod keys;
-#[cfg(test)]
-mod layering;
 mod limits;
 mod namespace;
 mod query;
