@@ -3,6 +3,8 @@
 //! - a request from another site (`Origin`, `Sec-Fetch-Site`) or naming a foreign `Host` (DNS
 //!   rebinding) is refused with `403` before any function runs;
 //! - a body larger than [`BODY_LIMIT`] is refused with `413`;
+//! - a body that is not UTF-8 is refused with `400` before Leptos decodes it (every server
+//!   function here takes a url-encoded form, which is text; Leptos answers such a body `500`);
 //! - a refused write ([`EditError`]) is answered with its own status (400, 404, 409) instead of
 //!   the `500` Leptos gives every `Err`. A form posted without WASM still gets Leptos' redirect
 //!   back to the page, which shows the error. The `Referer` it is sent back to loses the
@@ -75,6 +77,9 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     let Ok(body) = to_bytes(body, BODY_LIMIT).await else {
         return refuse(Problem::TooLarge);
     };
+    if std::str::from_utf8(&body).is_err() {
+        return refuse(Problem::BadRequest);
+    }
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     with_refusal_status(response).await
 }
