@@ -6,6 +6,7 @@
 //! - `config`: the typed settings from the environment.
 //! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
 //! - `hub`: the one change stream and its fan-out to clients.
+//! - `logging`: the log's format: one line per event, client-supplied values escaped and cut.
 //! - `net`: the listener, write deadlines, handing a connection over to its event stream.
 //! - `server_fns`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
 //! - `metrics`: the counters behind `/metrics`.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hub;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 mod routes;

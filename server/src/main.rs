@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 
 use leptos::prelude::get_configuration;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// jemalloc, with its background threads purging freed memory on a timer, gives memory back to
 /// the system once clients leave, even while the process is idle (glibc's malloc and mimalloc
@@ -23,12 +24,11 @@ async fn main() -> ExitCode {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("realtime: jemalloc background threads unavailable ({e}); memory is still freed");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "server=info,embedded_db=info,tower_http=warn".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "server=info,embedded_db=info,tower_http=warn".into());
+    if let Err(e) = server::logging::subscriber(filter, std::io::stdout).try_init() {
+        eprintln!("realtime: cannot start logging ({e})");
+    }
     let config = match server::Config::from_env() {
         Ok(config) => config,
         Err(e) => return fail(&e),

@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::logging;
 use crate::state::AppState;
 
 /// Where the server functions are mounted.
@@ -52,7 +53,7 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     if let Some(reason) = cross_site(req.headers(), host.as_deref(), &state.config.site_hosts) {
         tracing::warn!(
             reason,
-            path = req.uri().path(),
+            path = %logging::client_text(req.uri().path()),
             "cross-site request refused"
         );
         return refuse(Problem::CrossSite);
