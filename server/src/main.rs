@@ -29,6 +29,8 @@ async fn main() -> ExitCode {
     if let Err(e) = server::logging::subscriber(filter, std::io::stdout).try_init() {
         eprintln!("realtime: cannot start logging ({e})");
     }
+    // Listening from the start: a signal during start-up stops the server once it is up.
+    let mut signals = server::shutdown::Signals::listen();
     let config = match server::Config::from_env() {
         Ok(config) => config,
         Err(e) => return fail(&e),
@@ -44,9 +46,16 @@ async fn main() -> ExitCode {
         Ok(running) => running,
         Err(e) => return fail(&e),
     };
-    server::shutdown::shutdown_signal().await;
-    tracing::info!("shutting down");
+    let signal = signals.next().await;
+    tracing::info!(?signal, "shutting down");
+    // A second signal means: do not wait for the shutdown.
+    tokio::spawn(async move {
+        let signal = signals.next().await;
+        eprintln!("realtime: {signal:?} during shutdown; exiting at once");
+        std::process::exit(signal.exit_code());
+    });
     running.shutdown().await;
+    tracing::info!("shut down");
     ExitCode::SUCCESS
 }
 
