@@ -52,6 +52,9 @@ pub struct Config {
     pub embedded_max_connections: usize,
     /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
     pub embedded_test_commands: bool,
+    /// `SHUTDOWN_GRACE_MS`: on a stop signal, how long requests in flight may still finish
+    /// before their connections are closed (0 closes them at once).
+    pub shutdown_grace: Duration,
     /// `SITE_HOSTS`: host names (lowercase, `name` or `name:port`) that writes may name in
     /// `Host` besides IP addresses and `localhost`; see [`crate::server_fns`].
     pub site_hosts: Vec<String>,
@@ -70,6 +73,7 @@ impl Default for Config {
             write_timeout: Duration::from_millis(30_000),
             embedded_max_connections: embedded_db::DEFAULT_MAX_CONNECTIONS,
             embedded_test_commands: false,
+            shutdown_grace: Duration::from_millis(10_000),
             site_hosts: Vec::new(),
         }
     }
@@ -163,6 +167,12 @@ impl Config {
                 }
                 n => n,
             },
+            shutdown_grace: Duration::from_millis(parse(
+                var("SHUTDOWN_GRACE_MS"),
+                "SHUTDOWN_GRACE_MS",
+                10_000u64,
+                "number of milliseconds",
+            )?),
             site_hosts: var("SITE_HOSTS").map_or_else(Vec::new, |list| {
                 list.split(',')
                     .map(|host| host.trim().to_ascii_lowercase())
@@ -236,6 +246,7 @@ mod tests {
         assert_eq!(config.embedded_max_connections, 1000);
         assert!(!config.embedded_test_commands);
         assert!(config.site_hosts.is_empty());
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
     }
 
     #[test]
@@ -252,8 +263,10 @@ mod tests {
             ("EMBEDDED_DB_MAX_CONNECTIONS", "20"),
             ("EMBEDDED_DB_TEST_COMMANDS", "1"),
             ("SITE_HOSTS", " Example.com, ,app.example.com:8443 "),
+            ("SHUTDOWN_GRACE_MS", "1500"),
         ]))
         .expect("valid");
+        assert_eq!(config.shutdown_grace, Duration::from_millis(1500));
         assert_eq!(config.site_hosts, ["example.com", "app.example.com:8443"]);
         assert_eq!(
             config.mongo_uri.as_deref(),
@@ -293,6 +306,8 @@ mod tests {
             ("EMBEDDED_DB_MAX_CONNECTIONS", "many"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "0"),
             ("EMBEDDED_DB_TEST_COMMANDS", "maybe"),
+            ("SHUTDOWN_GRACE_MS", "-1"),
+            ("SHUTDOWN_GRACE_MS", "10s"),
         ] {
             let err = Config::from_lookup(lookup(&[(name, value)])).expect_err(name);
             assert_eq!(err.variable, name);

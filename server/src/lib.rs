@@ -6,6 +6,7 @@
 //! - `config`: the typed settings from the environment.
 //! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
 //! - `hub`: the one change stream and its fan-out to clients.
+//! - `logging`: the log's format: one line per event, client-supplied values escaped and cut.
 //! - `net`: the listener, write deadlines, handing a connection over to its event stream.
 //! - `server_fns`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
 //! - `metrics`: the counters behind `/metrics`.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hub;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 mod routes;
@@ -24,6 +26,7 @@ pub mod server_fns;
 pub mod shutdown;
 pub mod state;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,8 +113,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, ends open event streams, waits for requests in flight, then closes the
-    /// database (and the embedded server).
+    /// Stops accepting, ends open event streams, lets requests in flight finish for at most
+    /// `SHUTDOWN_GRACE_MS`, then closes the connections left and the database (and the
+    /// embedded server, whose files are closed cleanly). Returns once all that is done.
     pub async fn shutdown(self) {
         self.state.shutdown.cancel();
         let _ = self.task.await;
@@ -187,17 +191,42 @@ pub async fn start(
         sse_clients: Arc::default(),
         streams,
     };
-    let listener = net::SiteListener::new(listener, state.config.write_timeout, metrics);
+    let closing = net::Closing::default();
+    let listener = net::SiteListener::new(
+        listener,
+        state.config.write_timeout,
+        metrics,
+        closing.clone(),
+    );
+    let grace = state.config.shutdown_grace;
     let app = router(state.clone());
     let task = tokio::spawn(async move {
         // A make-service clones the router (an Arc) per connection instead of rebuilding it;
         // the connection info lets an event stream take its connection over.
         let service = app.into_make_service_with_connect_info::<net::ConnInfo>();
+        let stop = shutdown.clone();
         let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(cause = %e, "server error");
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future();
+        // axum's graceful shutdown waits for every connection, however long a client keeps
+        // one (a request head half sent): past the grace period the ones left are closed.
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = served => {
+                if let Err(e) = served {
+                    tracing::error!(cause = %e, "server error");
+                }
+            }
+            () = grace_over => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis(),
+                    "requests still in flight after the grace period are cut off"
+                );
+                closing.close();
+            }
         }
         connection.close().await;
     });

@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 
 use leptos::prelude::get_configuration;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// jemalloc, with its background threads purging freed memory on a timer, gives memory back to
 /// the system once clients leave, even while the process is idle (glibc's malloc and mimalloc
@@ -23,12 +24,13 @@ async fn main() -> ExitCode {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("realtime: jemalloc background threads unavailable ({e}); memory is still freed");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "server=info,embedded_db=info,tower_http=warn".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "server=info,embedded_db=info,tower_http=warn".into());
+    if let Err(e) = server::logging::subscriber(filter, std::io::stdout).try_init() {
+        eprintln!("realtime: cannot start logging ({e})");
+    }
+    // Listening from the start: a signal during start-up stops the server once it is up.
+    let mut signals = server::shutdown::Signals::listen();
     let config = match server::Config::from_env() {
         Ok(config) => config,
         Err(e) => return fail(&e),
@@ -44,9 +46,16 @@ async fn main() -> ExitCode {
         Ok(running) => running,
         Err(e) => return fail(&e),
     };
-    server::shutdown::shutdown_signal().await;
-    tracing::info!("shutting down");
+    let signal = signals.next().await;
+    tracing::info!(?signal, "shutting down");
+    // A second signal means: do not wait for the shutdown.
+    tokio::spawn(async move {
+        let signal = signals.next().await;
+        eprintln!("realtime: {signal:?} during shutdown; exiting at once");
+        std::process::exit(signal.exit_code());
+    });
     running.shutdown().await;
+    tracing::info!("shut down");
     ExitCode::SUCCESS
 }
 

@@ -10,6 +10,9 @@
 //! event-stream writer. hyper's buffers and task are gone; the stream costs only its own small
 //! task. This works on a kept-alive connection that already served pages, since it happens at
 //! the stream's request, whichever request of the connection that is.
+//!
+//! At the end of a shutdown's grace period, [`Closing::close`] ends every connection hyper still
+//! serves: its next read or write fails, whatever the peer does.
 
 use std::future::Future;
 use std::io;
@@ -26,6 +29,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::metrics::{bump, Metrics};
 
@@ -39,22 +43,41 @@ const MAX_HEAD: usize = 8 * 1024;
 /// What a handed-over connection is given to: the socket and the response head hyper wrote.
 pub type Takeover = Box<dyn FnOnce(TcpStream, Bytes) + Send>;
 
+/// Closes every connection of a [`SiteListener`] at once (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct Closing(CancellationToken);
+
+impl Closing {
+    /// From now on every read and write of the listener's connections fails (a pending one is
+    /// woken to fail), so hyper drops them and their sockets close.
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+}
+
 /// Accepts the site's connections, each wrapped in a [`Conn`].
 #[derive(Debug)]
 pub struct SiteListener {
     listener: TcpListener,
     write_timeout: Duration,
     metrics: Arc<Metrics>,
+    closing: Closing,
 }
 
 impl SiteListener {
     /// Wraps `listener`; a connection whose socket accepts none of its pending bytes for
-    /// `write_timeout` is closed.
-    pub fn new(listener: TcpListener, write_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    /// `write_timeout` is closed, and all are once `closing` is closed.
+    pub fn new(
+        listener: TcpListener,
+        write_timeout: Duration,
+        metrics: Arc<Metrics>,
+        closing: Closing,
+    ) -> Self {
         Self {
             listener,
             write_timeout,
             metrics,
+            closing,
         }
     }
 }
@@ -78,6 +101,7 @@ impl axum::serve::Listener for SiteListener {
             stall: None,
             head: Vec::new(),
             shared: Arc::clone(&shared),
+            closed: Box::pin(self.closing.0.clone().cancelled_owned()),
         };
         (conn, ConnInfo { remote, shared })
     }
@@ -145,9 +169,22 @@ pub struct Conn {
     /// What hyper wrote after a take-over was requested.
     head: Vec<u8>,
     shared: Arc<Shared>,
+    /// Completes when the listener's [`Closing`] is closed.
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Conn {
+    /// Fails once the listener's connections are closed; else registers for that moment.
+    fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.closed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed its connections at the end of the shutdown grace period",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+
     fn taking_over(&self) -> bool {
         self.shared.takeover_armed.load(Ordering::Acquire)
     }
@@ -208,7 +245,11 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut().socket() {
+        let this = self.get_mut();
+        if let Err(e) = this.check_open(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match this.socket() {
             Ok(socket) => socket.poll_read(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
         }
@@ -224,6 +265,9 @@ impl AsyncWrite for Conn {
         let this = self.get_mut();
         if this.taking_over() {
             return this.keep(buf);
+        }
+        if let Err(e) = this.check_open(cx) {
+            return Poll::Ready(Err(e));
         }
         let polled = match this.socket() {
             Ok(socket) => socket.poll_write(cx, buf),
@@ -247,6 +291,9 @@ impl AsyncWrite for Conn {
                 }
             }
             return Poll::Ready(Ok(kept));
+        }
+        if let Err(e) = this.check_open(cx) {
+            return Poll::Ready(Err(e));
         }
         let polled = match this.socket() {
             Ok(socket) => socket.poll_write_vectored(cx, bufs),

@@ -3,6 +3,8 @@
 //! - a request from another site (`Origin`, `Sec-Fetch-Site`) or naming a foreign `Host` (DNS
 //!   rebinding) is refused with `403` before any function runs;
 //! - a body larger than [`BODY_LIMIT`] is refused with `413`;
+//! - a body that is not UTF-8 is refused with `400` before Leptos decodes it (every server
+//!   function here takes a url-encoded form, which is text; Leptos answers such a body `500`);
 //! - a refused write ([`EditError`]) is answered with its own status (400, 404, 409) instead of
 //!   the `500` Leptos gives every `Err`. A form posted without WASM still gets Leptos' redirect
 //!   back to the page, which shows the error. The `Referer` it is sent back to loses the
@@ -24,6 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::logging;
 use crate::state::AppState;
 
 /// Where the server functions are mounted.
@@ -50,7 +53,7 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     if let Some(reason) = cross_site(req.headers(), host.as_deref(), &state.config.site_hosts) {
         tracing::warn!(
             reason,
-            path = req.uri().path(),
+            path = %logging::client_text(req.uri().path()),
             "cross-site request refused"
         );
         return refuse(Problem::CrossSite);
@@ -75,6 +78,9 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     let Ok(body) = to_bytes(body, BODY_LIMIT).await else {
         return refuse(Problem::TooLarge);
     };
+    if std::str::from_utf8(&body).is_err() {
+        return refuse(Problem::BadRequest);
+    }
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     with_refusal_status(response).await
 }

@@ -451,3 +451,63 @@ async fn hostile_bodies_get_client_errors() {
     .await;
     assert_eq!(status, 200, "the server still answers");
 }
+
+/// A body that is not UTF-8 (a raw `0xFF`) is an unreadable form: every server function
+/// answers `400` with the edge's short refusal, whether a script or a plain form posts it,
+/// nothing is written, and the server keeps answering.
+#[tokio::test]
+async fn bodies_that_are_not_utf8_get_400() {
+    let app = common::start().await;
+    let users = app.users().count_documents(doc! {}).await.expect("count");
+    let devices = app.devices().find(doc! {}).await.expect("find");
+    let devices: Vec<Document> = futures::TryStreamExt::try_collect(devices)
+        .await
+        .expect("devices");
+    let id = ObjectId::new().to_hex();
+    let functions = [
+        "add_user",
+        "edit_user",
+        "delete_user",
+        "set_lock",
+        "users",
+        "lock_devices",
+    ];
+    for name in functions {
+        for script in [true, false] {
+            let mut body = format!("id={id}&fname=A&lname=B&locked=true&username=").into_bytes();
+            body.extend_from_slice(&[0xFF, 0xFE, b'x']);
+            let mut request = client()
+                .post(app.url(&format!("/_server/{name}")))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+            request = if script {
+                request
+                    .header("origin", app.base.as_str())
+                    .header("sec-fetch-site", "same-origin")
+            } else {
+                request
+                    .header("accept", "text/html,application/xhtml+xml")
+                    .header("referer", app.url("/"))
+            };
+            let response = request.send().await.expect("request");
+            assert_eq!(response.status().as_u16(), 400, "{name}, script {script}");
+            let body: Value = serde_json::from_str(&response.text().await.expect("body"))
+                .expect("a JSON refusal");
+            assert_eq!(body["problem"], "bad_request", "{name}: {body}");
+        }
+    }
+    let after = app.users().count_documents(doc! {}).await.expect("count");
+    assert_eq!(after, users, "no user was written");
+    let now = app.devices().find(doc! {}).await.expect("find");
+    let now: Vec<Document> = futures::TryStreamExt::try_collect(now)
+        .await
+        .expect("devices");
+    assert_eq!(now, devices, "no device was changed");
+    let (status, _) = post(
+        &app,
+        "add_user",
+        &[("fname", "Still"), ("lname", "Here"), ("username", "utf8")],
+    )
+    .await;
+    assert_eq!(status, 200, "the server still answers");
+}

@@ -772,3 +772,37 @@ async fn silent_stream(app: &common::App) -> tokio::net::TcpStream {
         .expect("request");
     stream
 }
+
+/// `HEAD /api/sse` over HTTP/1.1 gets the stream's status and headers and no body within the
+/// deadline, takes no stream slot, and the connection serves the next request.
+#[tokio::test]
+async fn head_gets_the_stream_headers() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = common::start().await;
+    let mut socket = tokio::net::TcpStream::connect(app.running.addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"HEAD /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let mut received = String::new();
+    read_until(&mut socket, &mut received, "\r\n\r\n").await;
+    let head = received.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(
+        head.contains("cache-control: no-cache, no-transform"),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "no body: {head}");
+    assert_eq!(app.running.state.sse_clients.load(Ordering::Relaxed), 0);
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("request");
+    let mut next = String::new();
+    read_until(&mut socket, &mut next, "\r\n\r\n").await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+}

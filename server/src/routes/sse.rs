@@ -9,6 +9,8 @@
 //! On HTTP/1.1 the handler takes the connection over from hyper (see [`crate::net`]): the
 //! stream is then written by a small task of its own straight to the socket, with a write
 //! deadline. Elsewhere (HTTP/1.0, HTTP/2) hyper writes the same frames as a streamed body.
+//!
+//! `HEAD /api/sse` gets the stream's status and headers and no body, at once.
 
 use std::convert::Infallible;
 use std::io;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -47,6 +49,7 @@ pub(super) fn routes() -> Router<AppState> {
 async fn sse(
     State(state): State<AppState>,
     connection: Option<Extension<ConnectInfo<ConnInfo>>>,
+    method: Method,
     version: Version,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -57,6 +60,12 @@ async fn sse(
             "this endpoint only serves text/event-stream",
         )
             .into_response();
+    }
+    if method == Method::HEAD {
+        // The stream's headers and no body, answered by hyper like any other response: no
+        // stream slot is taken and the connection is not taken over (a take-over waits for a
+        // body's end that a HEAD answer never writes, so the client would get nothing).
+        return event_stream(Body::empty());
     }
     let retry = Frame::new(&format!("retry: {}\n\n", rand::random_range(RETRY_MS)));
     let Some(guard) = ClientGuard::admit(&state.sse_clients, state.config.max_clients) else {
