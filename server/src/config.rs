@@ -50,6 +50,8 @@ pub struct Config {
     /// `EMBEDDED_DB_MAX_CONNECTIONS`: connections the embedded database serves at once (the
     /// app's own driver pool included); at least 1.
     pub embedded_max_connections: usize,
+    /// `EMBEDDED_DB_WRITE_TIMEOUT_MS`: time a database client has to read a reply whole.
+    pub embedded_write_timeout: Duration,
     /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
     pub embedded_test_commands: bool,
     /// `SITE_HOSTS`: host names (lowercase, `name` or `name:port`) that writes may name in
@@ -69,6 +71,7 @@ impl Default for Config {
             max_clients: 10_000,
             write_timeout: Duration::from_millis(30_000),
             embedded_max_connections: embedded_db::DEFAULT_MAX_CONNECTIONS,
+            embedded_write_timeout: embedded_db::DEFAULT_WRITE_TIMEOUT,
             embedded_test_commands: false,
             site_hosts: Vec::new(),
         }
@@ -162,6 +165,20 @@ impl Config {
                     ))
                 }
                 n => n,
+            },
+            embedded_write_timeout: match parse(
+                var("EMBEDDED_DB_WRITE_TIMEOUT_MS"),
+                "EMBEDDED_DB_WRITE_TIMEOUT_MS",
+                defaults.embedded_write_timeout.as_millis(),
+                "number of milliseconds",
+            )? {
+                0 => {
+                    return Err(StartupError::new(
+                        "EMBEDDED_DB_WRITE_TIMEOUT_MS",
+                        "must be at least 1",
+                    ))
+                }
+                ms => Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
             },
             site_hosts: var("SITE_HOSTS").map_or_else(Vec::new, |list| {
                 list.split(',')
@@ -292,6 +309,7 @@ mod tests {
             ("MONGO_DB", "a.b"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "many"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "0"),
+            ("EMBEDDED_DB_WRITE_TIMEOUT_MS", "0"),
             ("EMBEDDED_DB_TEST_COMMANDS", "maybe"),
         ] {
             let err = Config::from_lookup(lookup(&[(name, value)])).expect_err(name);
