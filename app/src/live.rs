@@ -317,6 +317,9 @@ mod tests {
         assert_eq!(Stale::of("message", &change("users")), Stale::Users);
         assert_eq!(Stale::of("message", &change("devices")), Stale::Devices);
         assert_eq!(Stale::of("message", &change("other")), Stale::Both);
+        // The server leaves out an `_id` whose text is over 1 KiB: the list still refetches.
+        let without_id = r#"{"operationType":"insert","collection":"users"}"#;
+        assert_eq!(Stale::of("message", without_id), Stale::Users);
         assert_eq!(Stale::of("message", "not json"), Stale::Both);
         assert_eq!(Stale::of("resync", "{}"), Stale::Both);
     }

@@ -4,7 +4,9 @@
 //! announces, and shrinks back after a large message, so neither a lying header nor an idle
 //! connection that once carried a big batch holds megabytes. A message must arrive within the
 //! frame timeout of its first byte; the time between messages is not limited (drivers keep
-//! pooled connections idle for minutes).
+//! pooled connections idle for minutes). A reply must be taken by the peer whole within the
+//! write timeout, so a client that sends requests and never reads cannot hold its connection
+//! and the reply's memory forever.
 
 use std::time::Duration;
 
@@ -38,6 +40,9 @@ pub(crate) enum ConnError {
     /// A message did not arrive whole within the frame timeout of its first byte.
     #[error("message incomplete {0:?} after its first byte")]
     FrameTimeout(Duration),
+    /// A reply was not taken whole by the peer within the write timeout.
+    #[error("reply not read by the client within {0:?}")]
+    WriteTimeout(Duration),
 }
 
 /// A socket with a read buffer; reads whole messages.
@@ -46,16 +51,18 @@ pub(crate) struct Connection<S = TcpStream> {
     stream: S,
     buffer: BytesMut,
     frame_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Wraps an accepted socket; a message must arrive whole within `frame_timeout` of its
-    /// first byte.
-    pub(crate) fn new(stream: S, frame_timeout: Duration) -> Self {
+    /// first byte, and a reply must be written whole within `write_timeout`.
+    pub(crate) fn new(stream: S, frame_timeout: Duration, write_timeout: Duration) -> Self {
         Self {
             stream,
             buffer: BytesMut::with_capacity(INITIAL_CAPACITY),
             frame_timeout,
+            write_timeout,
         }
     }
 
@@ -114,9 +121,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(request?)
     }
 
-    /// Writes one encoded reply.
+    /// Writes one encoded reply, whole, within the write timeout.
+    ///
+    /// The deadline covers the whole reply, not each chunk: a peer that reads a few bytes now
+    /// and then cannot stretch it. Past the deadline the reply is abandoned part-way and
+    /// [`ConnError::WriteTimeout`] returned; the caller must close the connection (the stream
+    /// is no longer at a message boundary).
     pub(crate) async fn write_reply(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
-        self.stream.write_all(bytes).await?;
+        tokio::time::timeout(self.write_timeout, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
         Ok(())
     }
 }
@@ -132,7 +146,7 @@ mod tests {
     fn pair() -> (Connection<DuplexStream>, DuplexStream) {
         // A pipe large enough that the test never blocks writing into it.
         let (server, client) = tokio::io::duplex(4 * 1024 * 1024);
-        (Connection::new(server, TIMEOUT), client)
+        (Connection::new(server, TIMEOUT, TIMEOUT), client)
     }
 
     fn header(len: i32) -> Vec<u8> {

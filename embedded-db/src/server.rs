@@ -35,6 +35,8 @@ pub const DEFAULT_REPLICA_SET: &str = "rs0";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000;
 /// Default time a message may take to arrive once its first byte is in.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to read a reply whole (`EMBEDDED_DB_WRITE_TIMEOUT_MS`).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Threads of the blocking pool at most (each with a [`THREAD_STACK_SIZE`] stack); further
 /// storage reads wait for a free one.
@@ -65,6 +67,10 @@ pub struct Config {
     /// Time a message may take to arrive once its first byte is in; a connection that
     /// exceeds it is closed. Idle time between messages is not limited.
     pub frame_timeout: Duration,
+    /// Time a client has to read a reply whole, counted from the start of writing it; a
+    /// connection whose reply is still unread then is closed with a log line, which frees its
+    /// slot under `max_connections` and the reply's memory.
+    pub write_timeout: Duration,
     /// Enables test commands (`configureFailPoint`) and says so in `getParameter`
     /// (`enableTestCommands`). Off by default, as in `mongod`: never for production.
     pub enable_test_commands: bool,
@@ -81,6 +87,7 @@ impl Config {
             advertised_host: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             enable_test_commands: false,
         }
     }
@@ -195,7 +202,11 @@ impl Server {
             fail_points: FailPoints::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = runtime.spawn(accept_loop(listener, db, config.frame_timeout, shutdown_rx));
+        let timeouts = Timeouts {
+            frame: config.frame_timeout,
+            write: config.write_timeout,
+        };
+        let task = runtime.spawn(accept_loop(listener, db, timeouts, shutdown_rx));
         tracing::info!(
             %addr,
             path = %config.path.display(),
@@ -343,10 +354,19 @@ impl Drop for Slot {
     }
 }
 
+/// The per-connection deadlines of [`Config`].
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// [`Config::frame_timeout`].
+    frame: Duration,
+    /// [`Config::write_timeout`].
+    write: Duration,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     db: Arc<Db>,
-    frame_timeout: Duration,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -373,7 +393,7 @@ async fn accept_loop(
                     let slot = Slot(Arc::clone(&db));
                     let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
                     let conn = ConnInfo::new(id, peer.to_string());
-                    connections.spawn(serve(stream, conn, slot, frame_timeout, shutdown.clone()));
+                    connections.spawn(serve(stream, conn, slot, timeouts, shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -420,13 +440,13 @@ async fn serve(
     stream: TcpStream,
     conn: ConnInfo,
     slot: Slot,
-    frame_timeout: Duration,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let db = &slot.0;
     // Replies are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let mut connection = Connection::new(stream, frame_timeout);
+    let mut connection = Connection::new(stream, timeouts.frame, timeouts.write);
     tracing::debug!(connection_id = conn.id, peer = %conn.peer, "connection accepted");
     let result = tokio::select! {
         result = serve_requests(&mut connection, db, &conn) => result,

@@ -53,13 +53,17 @@ fn bad_address_is_refused() {
     assert!(stderr.contains("--addr"), "{stderr}");
 }
 
-/// Connection limits and test commands are validated at start-up: a zero limit and a value of
-/// `EMBEDDED_DB_TEST_COMMANDS` that is not a boolean are refused, naming what to fix.
+/// Connection limits and test commands are validated at start-up: a zero limit or write
+/// timeout and a value of `EMBEDDED_DB_TEST_COMMANDS` that is not a boolean are refused,
+/// naming what to fix.
 #[test]
 fn bad_limits_and_flags_are_refused() {
     let (ok, stderr) = run(&["--max-connections", "0"]);
     assert!(!ok);
     assert!(stderr.contains("--max-connections"), "{stderr}");
+    let (ok, stderr) = run(&["--write-timeout-ms", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--write-timeout-ms"), "{stderr}");
     let output = Command::new(env!("CARGO_BIN_EXE_embedded-db"))
         .env("EMBEDDED_DB_TEST_COMMANDS", "maybe")
         .output()
@@ -72,7 +76,11 @@ fn bad_limits_and_flags_are_refused() {
         .output()
         .expect("run embedded-db --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    for documented in ["EMBEDDED_DB_MAX_CONNECTIONS", "EMBEDDED_DB_TEST_COMMANDS"] {
+    for documented in [
+        "EMBEDDED_DB_MAX_CONNECTIONS",
+        "EMBEDDED_DB_WRITE_TIMEOUT_MS",
+        "EMBEDDED_DB_TEST_COMMANDS",
+    ] {
         assert!(
             help.contains(documented),
             "--help names {documented}: {help}"

@@ -707,3 +707,112 @@ mod max_time {
         assert_eq!(docs.len(), 10);
     }
 }
+
+mod write_timeout {
+    use super::*;
+    use tokio::net::TcpSocket;
+
+    /// `serverStatus.connections` read through the driver.
+    async fn connections(server: &common::TestServer) -> Document {
+        server
+            .client
+            .database("admin")
+            .run_command(doc! { "serverStatus": 1 })
+            .await
+            .expect("serverStatus")
+            .get_document("connections")
+            .expect("connections")
+            .clone()
+    }
+
+    /// Polls until `serverStatus.connections.current` is `want`, failing after `within`.
+    async fn current_reaches(server: &common::TestServer, want: i64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = connections(server).await;
+            if now.get_i64("current") == Ok(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "current never reached {want} within {within:?}: {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A client that sends `find`s for 10 MB batches and never reads is cut once a reply has
+    /// waited the write timeout: its slot under `max_connections` comes back (a newcomer is
+    /// served) while a driver client is answered throughout.
+    #[tokio::test]
+    async fn unread_replies_close_the_connection() {
+        const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+        // The driver holds two connections (its monitor's and a pooled one); the stalled
+        // client takes the last slot.
+        let server = common::start_with(|c| {
+            c.write_timeout = WRITE_TIMEOUT;
+            c.max_connections = 3;
+        })
+        .await;
+        let coll: Collection<Document> = server.db().collection("big");
+        let blob = "x".repeat(1_000_000);
+        let docs: Vec<Document> = (0..10).map(|i| doc! { "_id": i, "blob": &blob }).collect();
+        coll.insert_many(docs).await.expect("insert 10 MB");
+        current_reaches(&server, 2, Duration::from_secs(5)).await;
+
+        // Why the server's write blocks: the client's receive buffer is asked to be 4 KiB
+        // (Linux doubles it to 8 KiB and, once set, no longer grows it), and the server's send
+        // buffer grows to at most `net.ipv4.tcp_wmem`'s maximum (4 MiB by default). So at most
+        // about 4 MiB + 8 KiB of one ~10 MB reply can leave the server's process before
+        // someone reads; the rest of the reply waits in its `write_all`, and the later `find`s
+        // wait unread behind it.
+        let addr = server.server.local_addr();
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("small receive buffer");
+        let mut stalled = socket.connect(addr).await.expect("connect");
+        let find = doc! { "find": "big", "batchSize": 10, "$db": "test" };
+        // Before the first request: the server's write, hence its deadline, starts after it.
+        let sent = tokio::time::Instant::now();
+        for request_id in 1..=3 {
+            let frame = embedded_db::wire::encode_request(request_id, &find).expect("encode");
+            stalled.write_all(&frame).await.expect("send a find");
+        }
+        current_reaches(&server, 3, Duration::from_secs(5)).await;
+
+        // The slot is taken: a newcomer is accepted and closed at once.
+        let mut refused = TcpStream::connect(addr).await.expect("the kernel accepts");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte))
+            .await
+            .expect("closed in time");
+        assert_eq!(read.expect("an orderly close"), 0, "refused at the limit");
+        // The driver is answered while the stalled reply waits.
+        ping(&server).await;
+
+        current_reaches(&server, 2, WRITE_TIMEOUT + Duration::from_secs(5)).await;
+        assert!(
+            sent.elapsed() >= WRITE_TIMEOUT,
+            "cut only once the write timeout passed"
+        );
+        // Draining the socket ends in EOF or a reset (the server closed with requests unread),
+        // never in a wait.
+        let mut sink = vec![0u8; 64 * 1024];
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stalled.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "the stalled connection is closed");
+
+        // Its slot is free again: a newcomer is served.
+        let reply = raw_command(addr, &doc! { "ping": 1, "$db": "admin" }).await;
+        assert_eq!(reply.get_f64("ok"), Ok(1.0));
+        ping(&server).await;
+    }
+}

@@ -50,6 +50,8 @@ pub struct Config {
     /// `EMBEDDED_DB_MAX_CONNECTIONS`: connections the embedded database serves at once (the
     /// app's own driver pool included); at least 1.
     pub embedded_max_connections: usize,
+    /// `EMBEDDED_DB_WRITE_TIMEOUT_MS`: time a database client has to read a reply whole.
+    pub embedded_write_timeout: Duration,
     /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
     pub embedded_test_commands: bool,
     /// `SHUTDOWN_GRACE_MS`: on a stop signal, how long requests in flight may still finish
@@ -72,6 +74,7 @@ impl Default for Config {
             max_clients: 10_000,
             write_timeout: Duration::from_millis(30_000),
             embedded_max_connections: embedded_db::DEFAULT_MAX_CONNECTIONS,
+            embedded_write_timeout: embedded_db::DEFAULT_WRITE_TIMEOUT,
             embedded_test_commands: false,
             shutdown_grace: Duration::from_millis(10_000),
             site_hosts: Vec::new(),
@@ -166,6 +169,20 @@ impl Config {
                     ))
                 }
                 n => n,
+            },
+            embedded_write_timeout: match parse(
+                var("EMBEDDED_DB_WRITE_TIMEOUT_MS"),
+                "EMBEDDED_DB_WRITE_TIMEOUT_MS",
+                defaults.embedded_write_timeout.as_millis(),
+                "number of milliseconds",
+            )? {
+                0 => {
+                    return Err(StartupError::new(
+                        "EMBEDDED_DB_WRITE_TIMEOUT_MS",
+                        "must be at least 1",
+                    ))
+                }
+                ms => Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
             },
             shutdown_grace: Duration::from_millis(parse(
                 var("SHUTDOWN_GRACE_MS"),
@@ -305,6 +322,7 @@ mod tests {
             ("MONGO_DB", "a.b"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "many"),
             ("EMBEDDED_DB_MAX_CONNECTIONS", "0"),
+            ("EMBEDDED_DB_WRITE_TIMEOUT_MS", "0"),
             ("EMBEDDED_DB_TEST_COMMANDS", "maybe"),
             ("SHUTDOWN_GRACE_MS", "-1"),
             ("SHUTDOWN_GRACE_MS", "10s"),

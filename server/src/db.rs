@@ -42,6 +42,7 @@ pub async fn connect(config: &Config) -> Result<Connection, StartupError> {
         None => {
             let settings = embedded_db::Config {
                 max_connections: config.embedded_max_connections,
+                write_timeout: config.embedded_write_timeout,
                 enable_test_commands: config.embedded_test_commands,
                 ..embedded_db::Config::new(config.embedded_addr, &config.embedded_path)
             };

@@ -6,7 +6,7 @@
 //!   framed once: every client writes the same bytes.
 //!   The channel's ring is the bounded per-client buffer: a client that falls
 //!   a whole ring behind is told to `resync` and cut off; the others never wait.
-//! - The last [`RECENT`] events are also kept in memory, so a reconnecting
+//! - The last [`RECENT`] events (at most [`RING_BYTES`]) are also kept in memory, so a reconnecting
 //!   browser is served from memory. Older positions are replayed from the
 //!   database with a change stream opened `startAfter` that token, which fills
 //!   the ring backwards: reconnects wait their turn, so after a restart a
@@ -50,6 +50,16 @@ use replay::Recent;
 
 /// Events kept in memory for reconnecting clients.
 pub const RECENT: usize = 10_000;
+/// Bytes the recent-events ring may hold (as well as [`RECENT`] events), oldest evicted first.
+///
+/// An event is its token, its `data` line and framing: about 250 bytes with a typical token and
+/// a 24-hex id, so 10,000 of them take about 2.5 MiB and the count bound is the one that acts.
+/// The budget matters when ids or tokens are large (an `_id` text of up to 1 KiB is sent; a
+/// MongoDB resume token embeds the document key): 10,000 such events could take tens of MiB
+/// for one process serving nothing else. 8 MiB still keeps thousands of such events (about
+/// 6,000 with a 1 KiB id and a short token), and a position older than the ring is replayed
+/// from the database, as when the count bound evicts it.
+pub const RING_BYTES: usize = 8 * 1024 * 1024;
 /// Events a client may fall behind before it is cut off (the broadcast ring).
 pub const CLIENT_BUFFER: usize = 1024;
 /// How long an idle `getMore` waits on the database; also how often the position advances.
@@ -114,6 +124,11 @@ impl Hub {
     /// The counters the feed keeps.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The bytes the recent-events ring holds now (the `realtime_ring_bytes` gauge).
+    pub fn ring_bytes(&self) -> usize {
+        self.recent().bytes()
     }
 
     /// How many change streams this hub has opened on the database: its own (1 unless it had
@@ -267,9 +282,7 @@ impl Hub {
     fn restart_history(&self, token: Option<&ResumeToken>) {
         let token = token.and_then(token_text).unwrap_or_default();
         {
-            let mut recent = self.recent();
-            recent.events.clear();
-            recent.floor = Some(token.clone());
+            self.recent().restart(token.clone());
         }
         let had_position = self.inner.position.borrow().token.is_some();
         self.inner.position.send_modify(|p| {
@@ -303,9 +316,7 @@ impl Hub {
     fn publish(&self, event: LiveEvent) {
         let event = Arc::new(event);
         {
-            let mut recent = self.recent();
-            recent.events.push_back(Arc::clone(&event));
-            recent.trim();
+            self.recent().push(Arc::clone(&event));
         }
         bump(&self.inner.metrics.events_published);
         if event.is_resync() {

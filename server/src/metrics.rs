@@ -45,9 +45,9 @@ pub struct ListReads {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition of every counter, with the gauge of open streams and the
-    /// snapshot reads of each list.
-    pub fn render(&self, streams_open: usize, lists: &[ListReads]) -> String {
+    /// The Prometheus text exposition of every counter, with the gauges of open streams and of
+    /// the bytes the recent-events ring holds, and the snapshot reads of each list.
+    pub fn render(&self, streams_open: usize, ring_bytes: usize, lists: &[ListReads]) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(2048);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
@@ -62,6 +62,12 @@ impl Metrics {
             "gauge",
             "Event streams open now.",
             &[("", open)],
+        );
+        family(
+            "realtime_ring_bytes",
+            "gauge",
+            "Bytes held by the ring of recent events kept for reconnecting streams.",
+            &[("", u64::try_from(ring_bytes).unwrap_or(u64::MAX))],
         );
         family(
             "realtime_sse_streams_refused_total",
@@ -150,6 +156,7 @@ mod tests {
         bump(&metrics.catch_ups_database);
         let text = metrics.render(
             3,
+            4096,
             &[ListReads {
                 list: "users",
                 reads: 2,
@@ -158,6 +165,8 @@ mod tests {
         );
         for line in [
             "realtime_sse_streams_open 3",
+            "realtime_ring_bytes 4096",
+            "# TYPE realtime_ring_bytes gauge",
             "realtime_sse_streams_cut_off_total{reason=\"write_timeout\"} 1",
             "realtime_sse_streams_cut_off_total{reason=\"lag\"} 0",
             "realtime_catch_ups_total{source=\"database\"} 1",

@@ -146,6 +146,49 @@ async fn changes_become_messages() {
         .is_none_or(|b| b.data.is_none()));
 }
 
+/// A user whose `_id` is a 2 KiB string (as another tool may write) becomes an event without
+/// `id` (the page refetches the list); a normal insert after it still carries its id, and
+/// `/metrics` has the `realtime_ring_bytes` gauge counting both events.
+#[tokio::test]
+async fn long_ids_are_left_out_of_events() {
+    let app = common::start().await;
+    let mut reader = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reader).await;
+    app.users()
+        .insert_one(
+            doc! { "_id": "i".repeat(2048), "fname": "Long", "lname": "Id", "username": "long-id" },
+        )
+        .await
+        .expect("insert a 2 KiB _id");
+    let id = ObjectId::new();
+    app.users()
+        .insert_one(doc! { "_id": id, "fname": "Short", "lname": "Id", "username": "short-id" })
+        .await
+        .expect("insert");
+    let long = reader.next_message().await;
+    assert!(long.id.as_deref().is_some_and(|t| !t.is_empty()));
+    assert_eq!(
+        json(&long),
+        serde_json::json!({ "operationType": "insert", "collection": "users" })
+    );
+    assert_eq!(
+        json(&reader.next_message().await),
+        serde_json::json!({ "operationType": "insert", "collection": "users", "id": id.to_hex() })
+    );
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(text.contains("# TYPE realtime_ring_bytes gauge"), "{text}");
+    let bytes: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("realtime_ring_bytes ")?.parse().ok())
+        .expect("realtime_ring_bytes sample");
+    assert!(bytes > 0, "the ring holds the two events");
+}
+
 /// Inserts `n` users and returns their ids.
 async fn insert_users(app: &common::App, n: usize) -> Vec<String> {
     let mut ids = Vec::new();

@@ -9,11 +9,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use embedded_db::{
     Config, Server, DEFAULT_ADDR, DEFAULT_HISTORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_PATH,
-    DEFAULT_REPLICA_SET,
+    DEFAULT_REPLICA_SET, DEFAULT_WRITE_TIMEOUT,
 };
 
 /// A MongoDB-wire-compatible database with change streams, durable on disk.
@@ -44,6 +45,15 @@ struct Args {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
     )]
     max_connections: usize,
+    /// Milliseconds a client has to read a reply whole; a connection whose reply is still
+    /// unread then is closed (logged), freeing its slot.
+    #[arg(
+        long,
+        env = "EMBEDDED_DB_WRITE_TIMEOUT_MS",
+        default_value_t = DEFAULT_WRITE_TIMEOUT.as_millis() as u64,
+        value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..),
+    )]
+    write_timeout_ms: u64,
     /// Enable test commands (`configureFailPoint`) for driver test suites; never in production.
     /// As a variable: `1`/`true` on, `0`/`false` off.
     #[arg(
@@ -70,6 +80,7 @@ async fn main() -> ExitCode {
         replica_set: args.replica_set,
         advertised_host: args.advertise,
         max_connections: args.max_connections,
+        write_timeout: Duration::from_millis(args.write_timeout_ms),
         enable_test_commands: args.enable_test_commands,
         ..Config::new(args.addr, args.path)
     };

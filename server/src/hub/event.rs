@@ -9,6 +9,11 @@ use bytes::Bytes;
 use mongodb::bson::{doc, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 
+/// Longest `_id` text (in bytes) an event carries: a longer one is left out, and the page, which
+/// refetches the list an event names, does not need it. Keeps every event small whatever `_id`
+/// another tool wrote (any BSON type, up to a 16 MiB document).
+pub(super) const MAX_ID_TEXT: usize = 1024;
+
 /// Bytes of one server-sent event, built once and shared by every client: the HTTP/1.1 chunk
 /// (`<hex length>\r\n<event>\r\n`), of which the event text is a slice.
 #[derive(Debug, Clone)]
@@ -90,6 +95,12 @@ impl LiveEvent {
     pub(super) fn frame(&self) -> &Frame {
         &self.frame
     }
+
+    /// The memory this event holds, as the recent-events ring counts it: the struct and its
+    /// two buffers (the token, the framed chunk).
+    pub(super) fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.token.len() + self.frame.chunk.len()
+    }
 }
 
 /// What the broadcast channel carries to every client.
@@ -119,8 +130,9 @@ pub(super) fn token_text(token: &ResumeToken) -> Option<String> {
     doc.get_str("_data").ok().map(str::to_owned)
 }
 
-/// The client-facing form of a change: only the operation, the collection and the id. A
-/// dropped or renamed collection (or database) has no per-document events, so clients resync.
+/// The client-facing form of a change: only the operation, the collection and the id (left
+/// out when its text is longer than [`MAX_ID_TEXT`]; the page refetches the list). A dropped
+/// or renamed collection (or database) has no per-document events, so clients resync.
 pub(super) fn to_live(event: &ChangeStreamEvent<Document>) -> Option<LiveEvent> {
     let operation = match event.operation_type {
         OperationType::Insert => "insert",
@@ -134,8 +146,11 @@ pub(super) fn to_live(event: &ChangeStreamEvent<Document>) -> Option<LiveEvent> 
     };
     let collection = event.ns.as_ref()?.coll.clone()?;
     let id = id_text(event.document_key.as_ref()?.get("_id")?);
-    let data =
-        serde_json::json!({ "operationType": operation, "collection": collection, "id": id });
+    let data = if id.len() > MAX_ID_TEXT {
+        serde_json::json!({ "operationType": operation, "collection": collection })
+    } else {
+        serde_json::json!({ "operationType": operation, "collection": collection, "id": id })
+    };
     Some(LiveEvent::change(token_text(&event.id)?, &data.to_string()))
 }
 
@@ -155,6 +170,37 @@ mod tests {
         assert_eq!(
             &resync.frame().text()[..],
             b"event: resync\nid: ff\ndata: {}\n\n"
+        );
+    }
+
+    /// An `_id` whose text is longer than 1 KiB is left out of the event; one of exactly 1 KiB
+    /// is kept.
+    #[test]
+    fn long_ids_are_left_out() {
+        let data = |id: String| {
+            let event: ChangeStreamEvent<Document> = mongodb::bson::from_document(doc! {
+                "_id": { "_data": "0a" },
+                "operationType": "insert",
+                "ns": { "db": "realtime", "coll": "users" },
+                "documentKey": { "_id": id },
+            })
+            .expect("a change event");
+            let live = to_live(&event).expect("a live event");
+            let text = String::from_utf8(live.frame().text().to_vec()).expect("utf-8");
+            let json = text
+                .strip_prefix("id: 0a\ndata: ")
+                .and_then(|rest| rest.strip_suffix("\n\n"))
+                .expect("one id and one data line");
+            serde_json::from_str::<serde_json::Value>(json).expect("json")
+        };
+        let kept = "k".repeat(MAX_ID_TEXT);
+        assert_eq!(
+            data(kept.clone()),
+            serde_json::json!({ "operationType": "insert", "collection": "users", "id": kept })
+        );
+        assert_eq!(
+            data("x".repeat(MAX_ID_TEXT + 1)),
+            serde_json::json!({ "operationType": "insert", "collection": "users" })
         );
     }
 }

@@ -13,11 +13,14 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::event::{pipeline, to_live, token_text, Beat, Frame, LiveEvent};
-use super::{Hub, RECENT};
+use super::{Hub, RECENT, RING_BYTES};
 use crate::metrics::bump;
 
 /// Most events the ring holds after a replay from the database; beyond it, `resync`.
 const MAX_CATCH_UP: usize = 100_000;
+/// Most bytes the ring holds after a replay from the database: [`RING_BYTES`] scaled as
+/// [`MAX_CATCH_UP`] scales [`RECENT`]; beyond it, `resync`.
+const CATCH_UP_BYTES: usize = RING_BYTES * (MAX_CATCH_UP / RECENT);
 /// How long replayed events stay in the ring beyond [`RECENT`], for the clients queued on them.
 const CATCH_UP_HOLD: Duration = Duration::from_secs(60);
 /// Longest a replay from the database may take; beyond it, `resync`.
@@ -96,23 +99,56 @@ struct Subscription {
 }
 
 /// The recent-events ring and the position just before its first entry.
+///
+/// It holds at most [`RECENT`] events and [`RING_BYTES`] (as [`LiveEvent::size`] counts them),
+/// more only while held for a replay; the oldest go first, and the floor moves up with them, so
+/// a position older than what the ring holds is replayed from the database.
 #[derive(Debug, Default)]
 pub(super) struct Recent {
-    pub(super) events: VecDeque<Arc<LiveEvent>>,
-    pub(super) floor: Option<String>,
-    /// Until then the ring keeps replayed events beyond [`RECENT`] (up to [`MAX_CATCH_UP`]).
+    events: VecDeque<Arc<LiveEvent>>,
+    floor: Option<String>,
+    /// The sum of the events' sizes.
+    bytes: usize,
+    /// Until then the ring keeps replayed events beyond [`RECENT`] and [`RING_BYTES`] (up to
+    /// [`MAX_CATCH_UP`] and [`CATCH_UP_BYTES`]).
     hold_until: Option<Instant>,
 }
 
 impl Recent {
-    /// Drops the oldest events beyond the ring's current capacity, moving the floor up.
-    pub(super) fn trim(&mut self) {
+    /// Appends the newest event, then evicts the oldest beyond the ring's bounds.
+    pub(super) fn push(&mut self, event: Arc<LiveEvent>) {
+        self.bytes += event.size();
+        self.events.push_back(event);
+        self.trim();
+    }
+
+    /// Empties the ring and starts a new history at `floor`.
+    pub(super) fn restart(&mut self, floor: String) {
+        self.events.clear();
+        self.bytes = 0;
+        self.floor = Some(floor);
+    }
+
+    /// The bytes the ring's events hold (the `realtime_ring_bytes` gauge).
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops the oldest events beyond the ring's current bounds (events and bytes), moving the
+    /// floor up.
+    fn trim(&mut self) {
         let held = self.hold_until.is_some_and(|until| Instant::now() < until);
-        let capacity = if held { MAX_CATCH_UP } else { RECENT };
-        while self.events.len() > capacity {
-            if let Some(evicted) = self.events.pop_front() {
-                self.floor = Some(evicted.token().to_owned());
-            }
+        let (count, bytes) = if held {
+            (MAX_CATCH_UP, CATCH_UP_BYTES)
+        } else {
+            (RECENT, RING_BYTES)
+        };
+        while self.events.len() > count || self.bytes > bytes {
+            let Some(evicted) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= evicted.size();
+            self.floor = Some(evicted.token().to_owned());
         }
     }
 
@@ -240,9 +276,13 @@ impl Hub {
         if recent.floor.as_deref() != Some(floor.as_str()) {
             return Err("the feed restarted during the replay".to_owned());
         }
-        if recent.events.len() + replayed.len() > MAX_CATCH_UP {
+        let replayed_bytes: usize = replayed.iter().map(LiveEvent::size).sum();
+        if recent.events.len() + replayed.len() > MAX_CATCH_UP
+            || recent.bytes + replayed_bytes > CATCH_UP_BYTES
+        {
             return Err("too far behind".to_owned());
         }
+        recent.bytes += replayed_bytes;
         for event in replayed.into_iter().rev() {
             recent.events.push_front(Arc::new(event));
         }
@@ -348,11 +388,13 @@ mod tests {
     }
 
     fn ring(tokens: &[&str], floor: &str) -> Recent {
+        let events: VecDeque<_> = tokens
+            .iter()
+            .map(|t| Arc::new(LiveEvent::change((*t).to_owned(), "{}")))
+            .collect();
         Recent {
-            events: tokens
-                .iter()
-                .map(|t| Arc::new(LiveEvent::change((*t).to_owned(), "{}")))
-                .collect(),
+            bytes: events.iter().map(|e| e.size()).sum(),
+            events,
             floor: Some(floor.to_owned()),
             hold_until: None,
         }
@@ -397,5 +439,51 @@ mod tests {
         recent.trim();
         assert_eq!(recent.events.len(), RECENT);
         assert_eq!(recent.floor.as_deref(), Some(tokens[4].as_str()));
+    }
+
+    /// Over [`RING_BYTES`] the oldest events go first, whatever the count: the floor moves up
+    /// (so their positions are replayed from the database), the byte count and the
+    /// `realtime_ring_bytes` gauge follow.
+    #[test]
+    fn the_ring_is_bounded_in_bytes() {
+        // 1 KiB of data per event: the byte bound is reached long before the count bound.
+        let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(1024));
+        let event = |i: usize| Arc::new(LiveEvent::change(format!("{i:08x}"), &data));
+        let size = event(0).size();
+        let fit = RING_BYTES / size;
+        assert!(fit < RECENT, "the bytes bound first");
+        let mut recent = Recent {
+            floor: Some(String::new()),
+            ..Recent::default()
+        };
+        for i in 0..fit {
+            recent.push(event(i));
+        }
+        assert_eq!(
+            recent.events.len(),
+            fit,
+            "within the budget: nothing evicted"
+        );
+        assert_eq!(recent.floor.as_deref(), Some(""));
+        for i in fit..fit + 3 {
+            recent.push(event(i));
+        }
+        assert_eq!(recent.events.len(), fit, "the 3 oldest evicted");
+        assert_eq!(recent.bytes(), fit * size);
+        assert!(recent.bytes() <= RING_BYTES);
+        assert_eq!(recent.floor.as_deref(), Some("00000002"));
+        assert_eq!(
+            recent.events.front().map(|e| e.token().to_owned()),
+            Some("00000003".to_owned())
+        );
+        assert!(
+            recent.after("00000001", Some("ffffffff")).is_none(),
+            "an evicted position is not served from memory"
+        );
+        let text = crate::metrics::Metrics::default().render(0, recent.bytes(), &[]);
+        let line = format!("realtime_ring_bytes {}", fit * size);
+        assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        recent.restart("ff".to_owned());
+        assert_eq!((recent.events.len(), recent.bytes()), (0, 0));
     }
 }

@@ -36,6 +36,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.hub.metrics().render(open, &lists),
+        state
+            .hub
+            .metrics()
+            .render(open, state.hub.ring_bytes(), &lists),
     )
 }
