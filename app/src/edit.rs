@@ -7,8 +7,9 @@
 //!
 //! Each function is a plain `POST` of form fields (`application/x-www-form-urlencoded`), so it
 //! works from an [`ActionForm`](leptos::form::ActionForm) and from a form posted without WASM.
-//! A refusal is an [`EditError`], answered with its own status (400, 403, 404, 409; see
-//! [`EditError::status`]); without WASM the browser is sent back to the page, which shows it.
+//! A refusal is an [`EditError`], answered with its own status (400, 403, 404, 409, 413, 429;
+//! see [`EditError::status`]); without WASM the browser is sent back to the page, which shows
+//! it.
 
 use std::fmt;
 
@@ -75,8 +76,8 @@ impl FieldError {
     }
 }
 
-/// Why a write was refused. Every variant has a fixed text, so an error carried in a URL (the
-/// no-WASM path) can only ever show one of these.
+/// Why a write was refused. Every variant has a fixed text (at most a number in it), so an
+/// error carried in a URL (the no-WASM path) can only ever show one of these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Problem {
@@ -90,6 +91,12 @@ pub enum Problem {
     BadRequest,
     /// The request body is larger than any form sends (413).
     TooLarge,
+    /// This client address wrote faster than `WRITE_RATE_PER_IP` allows (429); it may write
+    /// again in `retry_after` seconds (the `Retry-After` header says the same).
+    TooFast {
+        /// Whole seconds until a write is allowed again, at least 1.
+        retry_after: u32,
+    },
     /// The server could not be reached (only ever made in the browser).
     Unreachable,
     /// The database failed; details are in the server's log (500).
@@ -147,6 +154,7 @@ impl EditError {
             Problem::Gone => 404,
             Problem::CrossSite => 403,
             Problem::TooLarge => 413,
+            Problem::TooFast { .. } => 429,
             Problem::Unreachable | Problem::Internal => 500,
         }
     }
@@ -178,6 +186,9 @@ impl EditError {
             Problem::CrossSite => "Refused: the request did not come from this site.".to_owned(),
             Problem::BadRequest => "Not saved: the form could not be read.".to_owned(),
             Problem::TooLarge => "Not saved: the request is too large.".to_owned(),
+            Problem::TooFast { retry_after } => {
+                format!("Too many changes; try again in {retry_after} s.")
+            }
             Problem::Unreachable => "Not saved: the server could not be reached.".to_owned(),
             Problem::Internal => "Not saved: the server failed; try again.".to_owned(),
         }
@@ -499,6 +510,10 @@ mod tests {
         assert_eq!(EditError::new(Some("ab"), Problem::Gone).status(), 404);
         assert_eq!(EditError::new(None, Problem::CrossSite).status(), 403);
         assert_eq!(EditError::new(None, Problem::TooLarge).status(), 413);
+        let too_fast = EditError::new(None, Problem::TooFast { retry_after: 3 });
+        assert_eq!(too_fast.status(), 429);
+        assert_eq!(too_fast.text(), "Too many changes; try again in 3 s.");
+        assert_eq!(EditError::de(too_fast.ser()), too_fast);
         assert_eq!(
             EditError::from_server_fn_error(ServerFnErrorErr::Args("x".into())).status(),
             400

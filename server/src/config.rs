@@ -2,6 +2,7 @@
 //! configuration table in README).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +25,70 @@ impl StartupError {
             variable,
             message: message.into(),
         }
+    }
+}
+
+/// `WRITE_RATE_PER_IP`: how fast one client address may write from the page, written
+/// `<count>/s` or `<count>/min`, optionally followed by `,burst=<n>` (e.g. `10/s,burst=30`).
+/// `count` writes come back per period, one at a time, up to `burst` (which defaults to
+/// `count`) saved up by a quiet client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteRate {
+    /// Writes that come back per `period`.
+    pub count: NonZeroU32,
+    /// A second or a minute.
+    pub period: Duration,
+    /// Writes one address may make at once after a quiet spell.
+    pub burst: NonZeroU32,
+}
+
+impl Default for WriteRate {
+    /// 10 per second, bursts of 30.
+    fn default() -> Self {
+        Self {
+            count: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
+            period: Duration::from_secs(1),
+            burst: NonZeroU32::new(30).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+/// The most writes per second `WRITE_RATE_PER_IP` may allow: one every microsecond, far past
+/// anything a person does, and still a time span the limiter can count in.
+const MAX_WRITES_PER_SECOND: u32 = 1_000_000;
+
+impl WriteRate {
+    /// The time one write takes to come back: `period / count`, at least 1 µs.
+    pub fn interval(&self) -> Duration {
+        (self.period / self.count.get()).max(Duration::from_micros(1))
+    }
+
+    /// Reads `<count>/s` or `<count>/min` with an optional `,burst=<n>`; `None` when `text`
+    /// is not that, a number is 0, or the rate is over a million a second.
+    fn parse(text: &str) -> Option<Self> {
+        let (rate, burst) = match text.split_once(',') {
+            Some((rate, burst)) => (rate, Some(burst)),
+            None => (text, None),
+        };
+        let (count, unit) = rate.trim().split_once('/')?;
+        let count: NonZeroU32 = count.trim().parse().ok()?;
+        let period = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "min" => Duration::from_secs(60),
+            _ => return None,
+        };
+        if period == Duration::from_secs(1) && count.get() > MAX_WRITES_PER_SECOND {
+            return None;
+        }
+        let burst = match burst {
+            None => count,
+            Some(burst) => burst.trim().strip_prefix("burst=")?.trim().parse().ok()?,
+        };
+        Some(Self {
+            count,
+            period,
+            burst,
+        })
     }
 }
 
@@ -60,6 +125,8 @@ pub struct Config {
     /// `SITE_HOSTS`: host names (lowercase, `name` or `name:port`) that writes may name in
     /// `Host` besides IP addresses and `localhost`; see [`crate::server_fns`].
     pub site_hosts: Vec<String>,
+    /// `WRITE_RATE_PER_IP`: the page writes one client address may make; see [`WriteRate`].
+    pub write_rate: WriteRate,
 }
 
 impl Default for Config {
@@ -78,6 +145,7 @@ impl Default for Config {
             embedded_test_commands: false,
             shutdown_grace: Duration::from_millis(10_000),
             site_hosts: Vec::new(),
+            write_rate: WriteRate::default(),
         }
     }
 }
@@ -196,6 +264,18 @@ impl Config {
                     .filter(|host| !host.is_empty())
                     .collect()
             }),
+            write_rate: match var("WRITE_RATE_PER_IP") {
+                None => defaults.write_rate,
+                Some(text) => WriteRate::parse(&text).ok_or_else(|| {
+                    StartupError::new(
+                        "WRITE_RATE_PER_IP",
+                        format!(
+                            "expected <count>/s or <count>/min, optionally ,burst=<n> \
+                             (e.g. 10/s,burst=30; at most {MAX_WRITES_PER_SECOND}/s), got '{text}'"
+                        ),
+                    )
+                })?,
+            },
             embedded_test_commands: match var("EMBEDDED_DB_TEST_COMMANDS") {
                 None => defaults.embedded_test_commands,
                 Some(text) => parse_switch(&text).ok_or_else(|| {
@@ -264,6 +344,46 @@ mod tests {
         assert!(!config.embedded_test_commands);
         assert!(config.site_hosts.is_empty());
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.write_rate.count.get(), 10);
+        assert_eq!(config.write_rate.period, Duration::from_secs(1));
+        assert_eq!(config.write_rate.burst.get(), 30);
+    }
+
+    #[test]
+    fn the_write_rate_is_a_count_per_period_with_a_burst() {
+        let rate = |text: &str| {
+            let config =
+                Config::from_lookup(lookup(&[("WRITE_RATE_PER_IP", text)])).expect("a write rate");
+            let rate = config.write_rate;
+            (rate.count.get(), rate.period.as_secs(), rate.burst.get())
+        };
+        assert_eq!(rate("10/s,burst=30"), (10, 1, 30));
+        assert_eq!(rate(" 3/s , burst = 5 "), (3, 1, 5));
+        assert_eq!(rate("1/s"), (1, 1, 1), "the burst defaults to the count");
+        assert_eq!(rate("20/min,burst=1"), (20, 60, 1));
+        assert_eq!(rate("1000000/s"), (1_000_000, 1, 1_000_000));
+        let interval = Config::from_lookup(lookup(&[("WRITE_RATE_PER_IP", "4/s")]))
+            .expect("a write rate")
+            .write_rate
+            .interval();
+        assert_eq!(interval, Duration::from_millis(250));
+        for bad in [
+            "10",
+            "10/h",
+            "0/s",
+            "-1/s",
+            "ten/s",
+            "10/s,30",
+            "10/s,burst=0",
+            "10/s,burst=",
+            "1000001/s",
+            "10/s,burst=30,x",
+        ] {
+            let err = Config::from_lookup(lookup(&[("WRITE_RATE_PER_IP", bad)])).expect_err(bad);
+            assert_eq!(err.variable, "WRITE_RATE_PER_IP", "{bad}");
+            assert!(err.to_string().starts_with("WRITE_RATE_PER_IP: "), "{err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - `hub`: the one change stream and its fan-out to clients.
 //! - `logging`: the log's format: one line per event, client-supplied values escaped and cut.
 //! - `net`: the listener, write deadlines, handing a connection over to its event stream.
-//! - `server_fns`: the server functions' edge: cross-site refusal, body limit, refusal statuses.
+//! - `rate`: the page's writes, limited per client address.
+//! - `server_fns`: the server functions' edge: cross-site refusal, body limit, write rate,
+//!   refusal statuses.
 //! - `metrics`: the counters behind `/metrics`.
 //! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`, `/metrics`.
 //! - `shutdown`: the signals that stop the server.
@@ -21,6 +23,7 @@ pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod rate;
 mod routes;
 pub mod server_fns;
 pub mod shutdown;
@@ -182,6 +185,8 @@ pub async fn start(
             format!("cannot start the event-stream threads: {e}"),
         )
     })?;
+    let writes = rate::WriteLimiter::new(config.write_rate);
+    writes.sweep_until(shutdown.clone());
     let state = AppState {
         leptos_options,
         repo: Repo::new(connection.db.clone(), hub.position()),
@@ -189,6 +194,7 @@ pub async fn start(
         config: Arc::new(config),
         shutdown: shutdown.clone(),
         sse_clients: Arc::default(),
+        writes,
         streams,
     };
     let closing = net::Closing::default();

@@ -3,6 +3,12 @@
 //! - a request from another site (`Origin`, `Sec-Fetch-Site`) or naming a foreign `Host` (DNS
 //!   rebinding) is refused with `403` before any function runs;
 //! - a body larger than [`BODY_LIMIT`] is refused with `413`;
+//! - a write ([`WRITES`]) from a client address that used up its `WRITE_RATE_PER_IP`
+//!   ([`crate::rate`]) is refused with `429`, `Retry-After` and "Too many changes; try again in
+//!   N s" before it runs; a form posted without WASM (`Accept: text/html`, a `Referer`) is sent
+//!   back to the page with that error instead, as Leptos does for the function's own errors. A
+//!   request that did not come through the site's listener (no peer address) is not limited;
+//!   the list reads never are;
 //! - a body that is not UTF-8 is refused with `400` before Leptos decodes it (every server
 //!   function here takes a url-encoded form, which is text; Leptos answers such a body `500`);
 //! - a refused write ([`EditError`]) is answered with its own status (400, 404, 409) instead of
@@ -18,15 +24,21 @@
 
 use std::net::IpAddr;
 
-use app::edit::{EditError, Problem};
+use app::edit::{AddUser, DeleteUser, EditError, EditUser, Problem, SetLock};
 use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, REFERER};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, REFERER, RETRY_AFTER,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use leptos::server_fn::error::ServerFnUrlError;
+use leptos::server_fn::ServerFn;
 
 use crate::logging;
+use crate::net::ConnInfo;
+use crate::rate;
 use crate::state::AppState;
 
 /// Where the server functions are mounted.
@@ -35,6 +47,14 @@ pub const PREFIX: &str = "/_server/";
 /// The largest body a server function accepts: far above any form (four fields of at most 64
 /// characters) and far below anything that could hurt.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The server functions that write, limited by `WRITE_RATE_PER_IP`; the list reads are not.
+pub const WRITES: [&str; 4] = [
+    AddUser::PATH,
+    EditUser::PATH,
+    DeleteUser::PATH,
+    SetLock::PATH,
+];
 
 /// The largest error body read back to find its status.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -75,6 +95,9 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
             }
         }
     }
+    if let Some(refused) = over_write_rate(&state, &parts) {
+        return refused;
+    }
     let Ok(body) = to_bytes(body, BODY_LIMIT).await else {
         return refuse(Problem::TooLarge);
     };
@@ -83,6 +106,48 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     }
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     with_refusal_status(response).await
+}
+
+/// The refusal of a write from an address that used up its allowance, if this is one (it
+/// takes one write from the allowance otherwise).
+fn over_write_rate(state: &AppState, parts: &axum::http::request::Parts) -> Option<Response> {
+    let path = parts.uri.path();
+    let function = WRITES.into_iter().find(|write| *write == path)?;
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<ConnInfo>>()?
+        .0
+        .remote
+        .ip();
+    let wait = state.writes.check(peer).err()?;
+    let retry_after = rate::retry_after_secs(wait);
+    tracing::debug!(%peer, function, retry_after, "write refused: too fast");
+    let error = EditError::new(None, Problem::TooFast { retry_after });
+    let accepts_html = parts
+        .headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let back = parts
+        .headers
+        .get(REFERER)
+        .and_then(|r| r.to_str().ok())
+        .filter(|_| accepts_html)
+        .and_then(|referer| {
+            ServerFnUrlError::new(function, error.clone())
+                .to_url(referer)
+                .ok()
+        })
+        .and_then(|url| HeaderValue::from_str(url.as_str()).ok());
+    let mut response = match back {
+        // A plain form post: back to the page, which shows the error by the form.
+        Some(location) => (StatusCode::FOUND, [(LOCATION, location)]).into_response(),
+        None => refuse(error.problem),
+    };
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    Some(response)
 }
 
 /// Why a request is cross-site, if it is: a `Host` that is not ours, a `Sec-Fetch-Site` other

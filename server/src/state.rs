@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::rate::WriteLimiter;
 
 /// Shared application state (cheap to clone).
 #[derive(Debug, Clone, FromRef)]
@@ -26,6 +27,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Event streams open now.
     pub sse_clients: Arc<AtomicUsize>,
+    /// What each client address may still write from the page (`WRITE_RATE_PER_IP`).
+    pub writes: WriteLimiter,
     /// The runtime event streams are written on (see [`crate::start_stream_threads`]).
     pub streams: tokio::runtime::Handle,
 }

@@ -511,3 +511,171 @@ async fn bodies_that_are_not_utf8_get_400() {
     .await;
     assert_eq!(status, 200, "the server still answers");
 }
+
+/// A server with a small write allowance per address: bursts of 3, one more a minute (so no
+/// write comes back while the test runs).
+async fn start_with_small_write_rate() -> common::App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.write_rate = server::config::WriteRate {
+        count: std::num::NonZeroU32::MIN,
+        period: std::time::Duration::from_secs(60),
+        burst: std::num::NonZeroU32::new(3).expect("3"),
+    };
+    common::start_with(dir, config).await
+}
+
+/// `Retry-After` of a response, in seconds.
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("whole seconds")
+}
+
+/// Past its `WRITE_RATE_PER_IP` an address's writes get `429` with `Retry-After` and nothing
+/// is written, from every write function; the list reads go on; another address still writes;
+/// a plain form post is sent back to the page, which shows "Too many changes".
+#[tokio::test]
+async fn writes_past_the_rate_per_address_get_429() {
+    let app = start_with_small_write_rate().await;
+    for i in 0..3 {
+        let username = format!("rate{i}");
+        let (status, body) = post(
+            &app,
+            "add_user",
+            &[("fname", "R"), ("lname", "L"), ("username", &username)],
+        )
+        .await;
+        assert_eq!(status, 200, "write {i} is within the burst: {body}");
+    }
+    let response = client()
+        .post(app.url("/_server/add_user"))
+        .header("origin", app.base.as_str())
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("fname", "R"), ("lname", "L"), ("username", "rate3")])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 429);
+    let wait = retry_after(&response);
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let body: Value = serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+    assert_eq!(body["problem"]["too_fast"]["retry_after"], wait, "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert_eq!(message, format!("Too many changes; try again in {wait} s."));
+    assert!(find_user(&app, "rate3").await.is_none(), "nothing written");
+
+    // The other writes share the allowance.
+    let lock = app
+        .devices()
+        .find_one(doc! { "type": "lock" })
+        .await
+        .expect("find")
+        .expect("a seeded lock");
+    let lock_id = lock.get_object_id("_id").expect("_id");
+    let flipped = (!lock.get_bool("locked").expect("locked")).to_string();
+    let user_id = find_user(&app, "rate0")
+        .await
+        .expect("rate0")
+        .get_object_id("_id")
+        .expect("_id")
+        .to_hex();
+    let hex = lock_id.to_hex();
+    for (name, form) in [
+        (
+            "set_lock",
+            vec![("id", hex.as_str()), ("locked", flipped.as_str())],
+        ),
+        ("delete_user", vec![("id", user_id.as_str())]),
+        (
+            "edit_user",
+            vec![
+                ("id", user_id.as_str()),
+                ("fname", "E"),
+                ("lname", "L"),
+                ("username", "edited"),
+            ],
+        ),
+    ] {
+        let (status, body) = post(&app, name, &form).await;
+        assert_eq!(status, 429, "{name}: {body}");
+    }
+    let now = app
+        .devices()
+        .find_one(doc! { "_id": lock_id })
+        .await
+        .expect("find")
+        .expect("the lock");
+    assert_eq!(now.get_bool("locked"), lock.get_bool("locked"), "unchanged");
+    assert!(
+        find_user(&app, "rate0").await.is_some(),
+        "neither deleted nor edited"
+    );
+
+    // List reads are not writes.
+    for _ in 0..10 {
+        for name in ["users", "lock_devices"] {
+            let (status, body) = post(&app, name, &[]).await;
+            assert_eq!(status, 200, "{name}: {body}");
+        }
+    }
+
+    // Another address has its own allowance (all of 127/8 is loopback on Linux).
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = other
+        .post(app.url("/_server/add_user"))
+        .form(&[
+            ("fname", "O"),
+            ("lname", "A"),
+            ("username", "other_address"),
+        ])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(find_user(&app, "other_address").await.is_some());
+
+    // Without scripts: back to the page, which says so next to the form.
+    let page = app.url("/");
+    let response = client()
+        .post(app.url("/_server/add_user"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .header("referer", page.as_str())
+        .header("origin", app.base.as_str())
+        .form(&[
+            ("fname", "N"),
+            ("lname", "S"),
+            ("username", "noscript_fast"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 302);
+    assert!(retry_after(&response) >= 1);
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert!(location.starts_with(&page), "{location}");
+    assert!(
+        location.contains("__path=%2F_server%2Fadd_user"),
+        "{location}"
+    );
+    let html = reqwest::get(&location)
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("Too many changes; try again in "), "shown");
+    assert!(
+        find_user(&app, "noscript_fast").await.is_none(),
+        "nothing written"
+    );
+}
