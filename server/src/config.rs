@@ -82,7 +82,10 @@ impl WriteRate {
         }
         let burst = match burst {
             None => count,
-            Some(burst) => burst.trim().strip_prefix("burst=")?.trim().parse().ok()?,
+            Some(burst) => match burst.split_once('=')? {
+                (key, n) if key.trim() == "burst" => n.trim().parse().ok()?,
+                _ => return None,
+            },
         };
         Some(Self {
             count,
@@ -378,6 +381,7 @@ mod tests {
             "10/s,burst=",
             "1000001/s",
             "10/s,burst=30,x",
+            "10/s,rate=30",
         ] {
             let err = Config::from_lookup(lookup(&[("WRITE_RATE_PER_IP", bad)])).expect_err(bad);
             assert_eq!(err.variable, "WRITE_RATE_PER_IP", "{bad}");
