@@ -11,6 +11,10 @@
 //! task. This works on a kept-alive connection that already served pages, since it happens at
 //! the stream's request, whichever request of the connection that is.
 //!
+//! An event-stream socket gets a fixed, small kernel send buffer and a TCP user timeout (see
+//! [`bound_stream_socket`]), so a peer that stops reading, or vanished, is found out by the
+//! stream's write deadline or by the kernel.
+//!
 //! At the end of a shutdown's grace period, [`Closing::close`] ends every connection hyper still
 //! serves: its next read or write fails, whatever the peer does.
 
@@ -39,6 +43,28 @@ const CHUNKED_END: &[u8] = b"0\r\n\r\n";
 /// Most bytes hyper may write after a hand-over is requested (the response head); beyond it
 /// the hand-over is abandoned and the connection closed.
 const MAX_HEAD: usize = 8 * 1024;
+
+/// The kernel send buffer of an event-stream socket, as asked for (`SO_SNDBUF`; Linux doubles
+/// it, so 128 KiB are held at most).
+pub const STREAM_SEND_BUFFER: usize = 64 * 1024;
+
+/// Bounds how much an event stream's peer can leave unread, and how long sent data may go
+/// unacknowledged: the kernel send buffer of `socket` is fixed at [`STREAM_SEND_BUFFER`]
+/// (which also stops the kernel growing it up to `tcp_wmem`), so once the peer stops reading,
+/// the writer's bytes are pending after that much unread data plus the peer's receive window,
+/// and its write deadline runs. On Linux the kernel also aborts the connection (a read or write
+/// then fails with [`io::ErrorKind::TimedOut`]) once sent data stayed unacknowledged for
+/// `write_timeout`, which finds a peer that vanished. A healthy idle stream has nothing
+/// unacknowledged and is never cut.
+pub fn bound_stream_socket(socket: &TcpStream, write_timeout: Duration) -> io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    socket.set_send_buffer_size(STREAM_SEND_BUFFER)?;
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    socket.set_tcp_user_timeout(Some(write_timeout))?;
+    #[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
+    let _ = write_timeout;
+    Ok(())
+}
 
 /// What a handed-over connection is given to: the socket and the response head hyper wrote.
 pub type Takeover = Box<dyn FnOnce(TcpStream, Bytes) + Send>;

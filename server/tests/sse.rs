@@ -649,6 +649,109 @@ async fn stalled_stream_is_cut_after_the_write_timeout() {
     drop(stalled);
 }
 
+/// A client with the kernel's default buffers that never reads is found out: the stream's
+/// kernel send buffer is bounded, so once it and the client's receive window are full the
+/// stream's bytes are pending, and after `SSE_WRITE_TIMEOUT_MS` it is cut off (its socket
+/// reset) and its slot freed, while a reading client keeps receiving every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_client_that_stops_reading_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let timeout = Duration::from_millis(500);
+    let app = start_with_write_timeout(timeout).await;
+    // One event on the wire (chunk framing included), measured on a stream of its own.
+    let event_bytes = {
+        let mut http = common::RawHttp::connect(app.running.addr).await;
+        http.get("/api/sse", &["Accept: text/event-stream"]).await;
+        http.head().await;
+        http.chunk().await.expect("retry chunk");
+        assert_eq!(wait_metric(&app, OPEN, 1).await, 1);
+        insert_users(&app, 1).await;
+        let event = loop {
+            let chunk = http.chunk().await.expect("an event");
+            if !chunk.starts_with(b":") {
+                break chunk;
+            }
+        };
+        event.len() + format!("{:x}\r\n\r\n", event.len()).len()
+    };
+    assert_eq!(wait_metric(&app, OPEN, 0).await, 0);
+    // What the stalled stream can hold before its bytes are pending: its send buffer (64 KiB
+    // asked, doubled by Linux: 128 KiB) plus the client's receive window (at most its default
+    // receive buffer, the middle value of tcp_rmem: 128 KiB here, as it never reads and so
+    // never grows it). With 116-byte events that is 256 KiB / 116 ≈ 2,260 events; 1.5 times
+    // as many (≈ 3,390) are committed. Before the bound, the kernel grew the send buffer
+    // toward the tcp_wmem maximum (4 MiB) and accepted them all: the stream was never cut.
+    let rmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem").expect("tcp_rmem");
+    let receive_window: usize = rmem
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_rmem default");
+    let bound = 2 * server::net::STREAM_SEND_BUFFER + receive_window;
+    let events = bound * 3 / 2 / event_bytes;
+
+    let mut stalled = tokio::net::TcpStream::connect(app.running.addr)
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"GET /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let mut reading = SseReader::open(&app.url("/api/sse"), &[]).await;
+    common::settle(&mut reading).await;
+    assert_eq!(wait_metric(&app, OPEN, 2).await, 2);
+    let cut = "realtime_sse_streams_cut_off_total{reason=\"write_timeout\"}";
+    assert_eq!(common::metric(&app.base, cut).await, 0);
+    // In batches the reading client reads in lockstep, so it never falls behind.
+    let mut committed = 0;
+    while committed < events {
+        let n = (events - committed).min(500);
+        let docs: Vec<Document> = (0..n)
+            .map(|i| doc! { "fname": format!("d{committed}"), "lname": format!("{i}"), "username": format!("default{committed}_{i}") })
+            .collect();
+        app.users().insert_many(docs).await.expect("insert batch");
+        for _ in 0..n {
+            let message = reading.next_message().await;
+            assert_eq!(message.event, None, "the reading client is never cut");
+        }
+        committed += n;
+    }
+    // Every event is out: the stalled stream's buffers filled on the way, so it is cut within
+    // the write timeout (plus a margin for a busy machine).
+    let out = std::time::Instant::now();
+    let margin = 2 * SECOND;
+    while common::metric(&app.base, cut).await == 0 {
+        assert!(
+            out.elapsed() <= timeout + margin,
+            "a client that left {events} events of {event_bytes} bytes unread was not cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(wait_metric(&app, OPEN, 1).await, 1, "its slot is freed");
+    // Its socket was reset (or closed): reading it ends within the deadline.
+    let mut unread = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(10 * SECOND, stalled.read(&mut unread))
+            .await
+            .expect("the stalled socket ends")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    assert_eq!(
+        common::metric(
+            &app.base,
+            "realtime_sse_streams_cut_off_total{reason=\"lag\"}"
+        )
+        .await,
+        0
+    );
+    let live = insert_users(&app, 1).await;
+    assert_eq!(read_ids(&mut reading, 1).await, live);
+}
+
 /// A position that is not hex, or not 2–4,096 characters, gets `resync` without the database
 /// being asked; of repeated `lastEventId` query parameters the first counts (never a 400).
 #[tokio::test]

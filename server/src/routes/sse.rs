@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Frame, Hub};
 use crate::metrics::bump;
-use crate::net::ConnInfo;
+use crate::net::{self, ConnInfo};
 use crate::state::AppState;
 
 /// The browser's reconnect delay is drawn from this range (ms), so that a restart does not bring
@@ -152,6 +152,9 @@ impl Client {
     /// nothing more to say on this connection), falls a buffer behind (after a `resync`), or
     /// accepts none of its pending bytes for `write_timeout`; or when the server shuts down.
     async fn write_to(self, socket: TcpStream, head: Bytes, write_timeout: Duration) {
+        if let Err(e) = net::bound_stream_socket(&socket, write_timeout) {
+            tracing::warn!("event stream socket options not set: {e}");
+        }
         let writer = SocketWriter {
             socket,
             timeout: write_timeout,
@@ -164,11 +167,11 @@ impl Client {
             let subscribe = Box::pin(self.hub.feed(self.last_event_id.as_deref()));
             let mut feed = tokio::select! {
                 feed = subscribe => feed,
-                () = writer.peer_gone() => return Err(Cut::Gone),
+                cut = writer.peer_gone() => return Err(cut),
             };
             while let Some(frame) = tokio::select! {
                 frame = feed.next() => frame,
-                () = writer.peer_gone() => return Err(Cut::Gone),
+                cut = writer.peer_gone() => return Err(cut),
             } {
                 writer.write(frame.chunk()).await?;
             }
@@ -183,7 +186,12 @@ impl Client {
             Ok(()) => {
                 let _ = writer.socket.try_write(CHUNKED_END);
             }
-            Err(Cut::TimedOut) => bump(&self.hub.metrics().cut_off_write_timeout),
+            Err(Cut::TimedOut) => {
+                bump(&self.hub.metrics().cut_off_write_timeout);
+                // Reset rather than closed: the unread bytes are dropped with the socket
+                // instead of being retried to a peer that does not read them.
+                let _ = writer.socket.set_zero_linger();
+            }
             Err(Cut::Gone) => {}
         }
         // Frees the stream's slot.
@@ -223,8 +231,21 @@ fn body(
 enum Cut {
     /// The client left, or the socket failed.
     Gone,
-    /// Bytes were pending and the socket accepted none of them for the write timeout.
+    /// Bytes were pending and the socket accepted none of them for the write timeout, or the
+    /// kernel gave up on sent data the peer left unacknowledged for as long.
     TimedOut,
+}
+
+impl From<&io::Error> for Cut {
+    /// A socket error: the kernel's user timeout (sent data unacknowledged for the write
+    /// timeout) is [`Cut::TimedOut`], anything else [`Cut::Gone`].
+    fn from(error: &io::Error) -> Self {
+        if error.kind() == io::ErrorKind::TimedOut {
+            Self::TimedOut
+        } else {
+            Self::Gone
+        }
+    }
 }
 
 /// A taken-over socket: writes with a deadline, and tells when the peer is gone.
@@ -251,26 +272,28 @@ impl SocketWriter {
                         Box::pin(tokio::time::timeout_at(deadline, self.socket.writable()));
                     match writable.await {
                         Err(_) => return Err(Cut::TimedOut),
-                        Ok(Err(_)) => return Err(Cut::Gone),
+                        Ok(Err(e)) => return Err(Cut::from(&e)),
                         Ok(Ok(())) => {}
                     }
                 }
-                Err(_) => return Err(Cut::Gone),
+                Err(e) => return Err(Cut::from(&e)),
             }
         }
         Ok(())
     }
 
-    /// Completes when the peer closed the connection or sent anything.
-    async fn peer_gone(&self) {
+    /// Completes when the peer closed the connection or sent anything, or the socket failed
+    /// (the kernel's user timeout is [`Cut::TimedOut`]).
+    async fn peer_gone(&self) -> Cut {
         let mut scratch = [0u8; 8];
         loop {
-            if self.socket.readable().await.is_err() {
-                return;
+            if let Err(e) = self.socket.readable().await {
+                return Cut::from(&e);
             }
             match self.socket.try_read(&mut scratch) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                _ => return,
+                Err(e) => return Cut::from(&e),
+                Ok(_) => return Cut::Gone,
             }
         }
     }
