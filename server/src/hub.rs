@@ -9,8 +9,10 @@
 //! - The last [`RECENT`] events (at most [`RING_BYTES`]) are also kept in memory, so a reconnecting
 //!   browser is served from memory. Older positions are replayed from the
 //!   database with a change stream opened `startAfter` that token, which fills
-//!   the ring backwards: reconnects wait their turn, so after a restart a
-//!   thousand browsers holding one position cost one replay, not a thousand.
+//!   the ring backwards: a reconnect whose range a replay in flight covers waits
+//!   for it, so after a restart a thousand browsers holding one position cost one
+//!   replay, not a thousand. Replays are limited per client address and in all,
+//!   and a stream waiting for one gets heartbeats.
 //!   Reconnecting to another instance of the app works the same way.
 //! - Event ids are the database's own resume tokens (`_data`). MongoDB's
 //!   tokens (and `embedded-db`'s) are hex strings that compare in stream order,
@@ -46,7 +48,7 @@ pub use event::Frame;
 pub use replay::Feed;
 
 use event::{pipeline, to_live, token_text, Beat, LiveEvent};
-use replay::Recent;
+use replay::{Recent, Replays};
 
 /// Events kept in memory for reconnecting clients.
 pub const RECENT: usize = 10_000;
@@ -79,8 +81,12 @@ struct Inner {
     events: broadcast::Sender<Beat>,
     position: watch::Sender<StreamPosition>,
     recent: Mutex<Recent>,
-    /// Held while a replay from the database fills the ring; reconnects queue on it.
-    replaying: tokio::sync::Mutex<()>,
+    /// The replays from the database in flight, by start and by client address.
+    replays: Mutex<Replays>,
+    /// One per replay reading the database at once ([`replay::MAX_REPLAYS`]).
+    replay_slots: tokio::sync::Semaphore,
+    /// How often a stream waiting for its catch-up gets a heartbeat (as the idle feed does).
+    heartbeat: Duration,
     open: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -101,7 +107,9 @@ impl Hub {
                 events,
                 position,
                 recent: Mutex::new(Recent::default()),
-                replaying: tokio::sync::Mutex::new(()),
+                replays: Mutex::new(Replays::default()),
+                replay_slots: tokio::sync::Semaphore::new(replay::MAX_REPLAYS),
+                heartbeat,
                 open: AtomicBool::new(false),
                 metrics,
             }),

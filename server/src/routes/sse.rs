@@ -14,6 +14,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Frame, Hub};
+use crate::hub::{Feed, Frame, Hub};
 use crate::metrics::bump;
 use crate::net::{self, ConnInfo};
 use crate::state::AppState;
@@ -93,6 +94,7 @@ async fn sse(
         Some(Extension(ConnectInfo(connection))) if version == Version::HTTP_11 => {
             let client = Client {
                 hub: state.hub.clone(),
+                peer: Some(connection.remote.ip()),
                 last_event_id,
                 retry,
                 guard,
@@ -119,7 +121,11 @@ async fn sse(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
-        _ => event_stream(body(state.hub, last_event_id, retry, guard, state.shutdown)),
+        connection => {
+            let peer = connection.map(|Extension(ConnectInfo(c))| c.remote.ip());
+            let feed = state.hub.feed(last_event_id.as_deref(), peer);
+            event_stream(body(feed, retry, guard, state.shutdown))
+        }
     }
 }
 
@@ -139,6 +145,8 @@ fn event_stream(body: Body) -> Response {
 /// One admitted stream on a connection taken over from hyper, before it is subscribed.
 struct Client {
     hub: Hub,
+    /// The client's address: the hub limits replays per address.
+    peer: Option<IpAddr>,
     last_event_id: Option<String>,
     retry: Frame,
     /// Holds the stream's `SSE_MAX_CLIENTS` slot for as long as the stream lives.
@@ -162,13 +170,7 @@ impl Client {
         let written = async {
             writer.write(head).await?;
             writer.write(self.retry.chunk()).await?;
-            // Boxed: subscribing may replay from the database, a large future that the task
-            // would otherwise carry for its whole life.
-            let subscribe = Box::pin(self.hub.feed(self.last_event_id.as_deref()));
-            let mut feed = tokio::select! {
-                feed = subscribe => feed,
-                cut = writer.peer_gone() => return Err(cut),
-            };
+            let mut feed = self.hub.feed(self.last_event_id.as_deref(), self.peer);
             while let Some(frame) = tokio::select! {
                 frame = feed.next() => frame,
                 cut = writer.peer_gone() => return Err(cut),
@@ -199,24 +201,13 @@ impl Client {
     }
 }
 
-/// The stream as a body hyper frames (HTTP/1.0, HTTP/2): `retry:`, then the feed of a client
-/// that last saw `last_event_id`, until the server shuts down. `guard` lives as long as the
-/// body: dropping the response frees the slot.
-fn body(
-    hub: Hub,
-    last_event_id: Option<String>,
-    retry: Frame,
-    guard: ClientGuard,
-    shutdown: CancellationToken,
-) -> Body {
-    let subscribed = stream::once(async move {
-        let feed = hub.feed(last_event_id.as_deref()).await;
-        stream::unfold(feed, |mut feed| async move {
-            let frame = feed.next().await?;
-            Some((frame, feed))
-        })
-    })
-    .flatten();
+/// The stream as a body hyper frames (HTTP/1.0, HTTP/2): `retry:`, then `feed`, until the
+/// server shuts down. `guard` lives as long as the body: dropping the response frees the slot.
+fn body(feed: Feed, retry: Frame, guard: ClientGuard, shutdown: CancellationToken) -> Body {
+    let subscribed = stream::unfold(feed, |mut feed| async move {
+        let frame = feed.next().await?;
+        Some((frame, feed))
+    });
     let frames = stream::once(async move { retry })
         .chain(subscribed)
         .map(move |frame| {
@@ -382,6 +373,7 @@ mod tests {
         let hub = Hub::start(db, Arc::default(), Duration::from_secs(5), shutdown.clone());
         let client = Client {
             hub,
+            peer: None,
             last_event_id: None,
             retry: Frame::new("retry: 1000\n\n"),
             guard: ClientGuard::admit(&Arc::new(AtomicUsize::new(0)), 1).expect("room"),

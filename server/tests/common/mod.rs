@@ -117,9 +117,21 @@ pub struct SseReader {
 impl SseReader {
     /// Opens `url` with `Accept: text/event-stream` and extra headers.
     pub async fn open(url: &str, headers: &[(&str, &str)]) -> Self {
-        let mut request = reqwest::Client::new()
-            .get(url)
-            .header("accept", "text/event-stream");
+        Self::open_with(&reqwest::Client::new(), url, headers).await
+    }
+
+    /// Opens `url` from the local address `from` (any of 127.0.0.0/8 reaches a loopback
+    /// server), with `Accept: text/event-stream` and extra headers.
+    pub async fn open_from(from: std::net::IpAddr, url: &str, headers: &[(&str, &str)]) -> Self {
+        let client = reqwest::Client::builder()
+            .local_address(from)
+            .build()
+            .expect("client");
+        Self::open_with(&client, url, headers).await
+    }
+
+    async fn open_with(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Self {
+        let mut request = client.get(url).header("accept", "text/event-stream");
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
