@@ -655,7 +655,7 @@ async fn stalled_stream_is_cut_after_the_write_timeout() {
 /// reset) and its slot freed, while a reading client keeps receiving every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_client_that_stops_reading_is_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     let timeout = Duration::from_millis(500);
     let app = start_with_write_timeout(timeout).await;
@@ -691,13 +691,7 @@ async fn a_default_client_that_stops_reading_is_cut_off() {
     let bound = 2 * server::net::STREAM_SEND_BUFFER + receive_window;
     let events = bound * 3 / 2 / event_bytes;
 
-    let mut stalled = tokio::net::TcpStream::connect(app.running.addr)
-        .await
-        .expect("connect");
-    stalled
-        .write_all(b"GET /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .expect("request");
+    let mut stalled = raw_request(&app, "GET /api/sse HTTP/1.1").await;
     let mut reading = SseReader::open(&app.url("/api/sse"), &[]).await;
     common::settle(&mut reading).await;
     assert_eq!(wait_metric(&app, OPEN, 2).await, 2);
@@ -857,16 +851,8 @@ async fn restart_storm_shares_one_replay() {
 /// stream as a body hyper writes: `retry:`, then events, ended by closing the connection.
 #[tokio::test]
 async fn http_1_0_gets_the_stream_from_hyper() {
-    use tokio::io::AsyncWriteExt;
-
     let app = common::start().await;
-    let mut socket = tokio::net::TcpStream::connect(app.running.addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"GET /api/sse HTTP/1.0\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .expect("request");
+    let mut socket = raw_request(&app, "GET /api/sse HTTP/1.0").await;
     let mut received = String::new();
     read_until(&mut socket, &mut received, "retry: ").await;
     let ids = insert_users(&app, 1).await;
@@ -879,6 +865,19 @@ async fn http_1_0_gets_the_stream_from_hyper() {
     assert!(head.starts_with("http/1.0 200"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
+}
+
+/// A raw socket that has sent `request_line` (e.g. `GET /api/sse HTTP/1.1`) with `Host` and an
+/// `Accept: text/event-stream`, and read nothing yet.
+async fn raw_request(app: &common::App, request_line: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+
+    let mut socket = tokio::net::TcpStream::connect(app.running.addr)
+        .await
+        .expect("connect");
+    let request = format!("{request_line}\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.expect("request");
+    socket
 }
 
 /// Reads from `socket` into `received` until it contains `needle` (10 s at most).
@@ -926,13 +925,7 @@ async fn head_gets_the_stream_headers() {
     use tokio::io::AsyncWriteExt;
 
     let app = common::start().await;
-    let mut socket = tokio::net::TcpStream::connect(app.running.addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"HEAD /api/sse HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .expect("request");
+    let mut socket = raw_request(&app, "HEAD /api/sse HTTP/1.1").await;
     let mut received = String::new();
     read_until(&mut socket, &mut received, "\r\n\r\n").await;
     let head = received.to_ascii_lowercase();
