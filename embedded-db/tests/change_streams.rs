@@ -532,7 +532,7 @@ async fn waiting_stream_counts_as_open_cursor() {
     let waiter =
         tokio::spawn(async move { stream.next().await.map(|e| e.map(|e| e.operation_type)) });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = server_status(&server).await;
+    let status = server.server_status().await;
     let open = status
         .get_document("metrics")
         .and_then(|m| m.get_document("cursor"))
@@ -570,7 +570,7 @@ async fn stage_counters_count_opened_streams() {
         .await
         .expect("aggregate");
     drop((first, second, grouped));
-    let status = server_status(&server).await;
+    let status = server.server_status().await;
     let counters = status
         .get_document("metrics")
         .and_then(|m| m.get_document("aggStageCounters"))
@@ -580,13 +580,4 @@ async fn stage_counters_count_opened_streams() {
     assert_eq!(counters.get_i64("$match"), Ok(2));
     assert_eq!(counters.get_i64("$group"), Ok(1));
     assert_eq!(counters.get_i64("$sort"), Ok(0));
-}
-
-async fn server_status(server: &common::TestServer) -> Document {
-    server
-        .client
-        .database("admin")
-        .run_command(doc! { "serverStatus": 1 })
-        .await
-        .expect("serverStatus")
 }

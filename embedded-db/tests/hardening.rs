@@ -715,11 +715,8 @@ mod write_timeout {
     /// `serverStatus.connections` read through the driver.
     async fn connections(server: &common::TestServer) -> Document {
         server
-            .client
-            .database("admin")
-            .run_command(doc! { "serverStatus": 1 })
+            .server_status()
             .await
-            .expect("serverStatus")
             .get_document("connections")
             .expect("connections")
             .clone()

@@ -23,6 +23,15 @@ impl TestServer {
         self.client.database("test")
     }
 
+    /// The `serverStatus` reply, through the driver.
+    pub async fn server_status(&self) -> mongodb::bson::Document {
+        self.client
+            .database("admin")
+            .run_command(mongodb::bson::doc! { "serverStatus": 1 })
+            .await
+            .expect("serverStatus")
+    }
+
     /// Stops the server (the data directory stays until the value is dropped).
     pub async fn stop(self) -> TempDir {
         self.client.clone().shutdown().await;
