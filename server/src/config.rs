@@ -6,6 +6,8 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::TrustedProxies;
+
 /// Why the server did not start: a setting that could not be used, or what it named failed
 /// (an address in use, a database out of reach, seeding, threads). Says which variable to fix
 /// and why, on one line.
@@ -110,14 +112,29 @@ pub struct Config {
     pub site_addr: SocketAddr,
     /// `SSE_HEARTBEAT_MS`: idle time after which a `: heartbeat` comment is sent.
     pub heartbeat: Duration,
-    /// `SSE_MAX_CLIENTS`: concurrent event streams.
-    pub max_clients: usize,
+    /// `SSE_MAX_CLIENTS`: concurrent event streams; `None` derives it from the file budget
+    /// ([`crate::budget`]).
+    pub max_clients: Option<usize>,
+    /// `SSE_MAX_CLIENTS_PER_IP`: event streams one client address may hold; `None` derives it.
+    pub max_clients_per_ip: Option<usize>,
+    /// `HTTP_MAX_CONNECTIONS`: connections that are not event streams; `None` derives it.
+    pub http_max_connections: Option<usize>,
+    /// `HTTP_MAX_CONNECTIONS_PER_IP`: of those, what one peer address may hold (a trusted
+    /// proxy is exempt); `None` derives it.
+    pub http_max_connections_per_ip: Option<usize>,
+    /// `HTTP_HEADER_TIMEOUT_MS`: a whole request head must arrive within this of accept or of
+    /// the end of the previous response (so it is also a kept-alive connection's idle limit).
+    pub header_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT_MS`: a whole request body must arrive within this of its head.
+    pub body_timeout: Duration,
+    /// `TRUSTED_PROXIES`: reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// `SSE_WRITE_TIMEOUT_MS`: a connection with bytes pending, of which its socket accepted
     /// none for this long, is closed (an event stream's slot is freed).
     pub write_timeout: Duration,
-    /// `EMBEDDED_DB_MAX_CONNECTIONS`: connections the embedded database serves at once (the
-    /// app's own driver pool included); at least 1.
-    pub embedded_max_connections: usize,
+    /// `EMBEDDED_DB_MAX_CONNECTIONS`: connections the embedded database serves its outside
+    /// clients at once; at least 1; `None` derives it from the file budget.
+    pub embedded_max_connections: Option<usize>,
     /// `EMBEDDED_DB_WRITE_TIMEOUT_MS`: time a database client has to read a reply whole.
     pub embedded_write_timeout: Duration,
     /// `EMBEDDED_DB_TEST_COMMANDS`: whether the embedded database offers `configureFailPoint`.
@@ -141,9 +158,15 @@ impl Default for Config {
             embedded_path: PathBuf::from("./data/db"),
             site_addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
             heartbeat: Duration::from_millis(5000),
-            max_clients: 10_000,
+            max_clients: None,
+            max_clients_per_ip: None,
+            http_max_connections: None,
+            http_max_connections_per_ip: None,
+            header_timeout: Duration::from_millis(20_000),
+            body_timeout: Duration::from_millis(30_000),
+            trusted_proxies: TrustedProxies::default(),
             write_timeout: Duration::from_millis(30_000),
-            embedded_max_connections: embedded_db::DEFAULT_MAX_CONNECTIONS,
+            embedded_max_connections: None,
             embedded_write_timeout: embedded_db::DEFAULT_WRITE_TIMEOUT,
             embedded_test_commands: false,
             shutdown_grace: Duration::from_millis(10_000),
@@ -207,12 +230,35 @@ impl Config {
                 0 => return Err(StartupError::new("SSE_HEARTBEAT_MS", "must be at least 1")),
                 ms => Duration::from_millis(ms),
             },
-            max_clients: parse(
-                var("SSE_MAX_CLIENTS"),
-                "SSE_MAX_CLIENTS",
-                defaults.max_clients,
-                "whole number",
+            max_clients: count(var("SSE_MAX_CLIENTS"), "SSE_MAX_CLIENTS")?,
+            max_clients_per_ip: count(var("SSE_MAX_CLIENTS_PER_IP"), "SSE_MAX_CLIENTS_PER_IP")?,
+            http_max_connections: count(var("HTTP_MAX_CONNECTIONS"), "HTTP_MAX_CONNECTIONS")?,
+            http_max_connections_per_ip: count(
+                var("HTTP_MAX_CONNECTIONS_PER_IP"),
+                "HTTP_MAX_CONNECTIONS_PER_IP",
             )?,
+            header_timeout: millis(
+                var("HTTP_HEADER_TIMEOUT_MS"),
+                "HTTP_HEADER_TIMEOUT_MS",
+                defaults.header_timeout,
+            )?,
+            body_timeout: millis(
+                var("HTTP_BODY_TIMEOUT_MS"),
+                "HTTP_BODY_TIMEOUT_MS",
+                defaults.body_timeout,
+            )?,
+            trusted_proxies: match var("TRUSTED_PROXIES") {
+                None => defaults.trusted_proxies,
+                Some(text) => TrustedProxies::parse(&text).map_err(|entry| {
+                    StartupError::new(
+                        "TRUSTED_PROXIES",
+                        format!(
+                            "expected IP addresses or networks (10.0.0.0/8), comma-separated; \
+                             '{entry}' is neither"
+                        ),
+                    )
+                })?,
+            },
             write_timeout: match parse(
                 var("SSE_WRITE_TIMEOUT_MS"),
                 "SSE_WRITE_TIMEOUT_MS",
@@ -227,20 +273,10 @@ impl Config {
                 }
                 ms => Duration::from_millis(ms),
             },
-            embedded_max_connections: match parse(
+            embedded_max_connections: count(
                 var("EMBEDDED_DB_MAX_CONNECTIONS"),
                 "EMBEDDED_DB_MAX_CONNECTIONS",
-                defaults.embedded_max_connections,
-                "whole number",
-            )? {
-                0 => {
-                    return Err(StartupError::new(
-                        "EMBEDDED_DB_MAX_CONNECTIONS",
-                        "must be at least 1",
-                    ))
-                }
-                n => n,
-            },
+            )?,
             embedded_write_timeout: match parse(
                 var("EMBEDDED_DB_WRITE_TIMEOUT_MS"),
                 "EMBEDDED_DB_WRITE_TIMEOUT_MS",
@@ -301,6 +337,32 @@ fn parse_switch(text: &str) -> Option<bool> {
     }
 }
 
+/// An optional whole number of at least 1.
+fn count(value: Option<String>, variable: &'static str) -> Result<Option<usize>, StartupError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    match parse(Some(text), variable, 0usize, "whole number")? {
+        0 => Err(StartupError::new(variable, "must be at least 1")),
+        n => Ok(Some(n)),
+    }
+}
+
+/// A number of milliseconds of at least 1.
+fn millis(
+    value: Option<String>,
+    variable: &'static str,
+    default: Duration,
+) -> Result<Duration, StartupError> {
+    match value {
+        None => Ok(default),
+        Some(_) => match parse(value, variable, 0u64, "number of milliseconds")? {
+            0 => Err(StartupError::new(variable, "must be at least 1")),
+            ms => Ok(Duration::from_millis(ms)),
+        },
+    }
+}
+
 fn parse<T: std::str::FromStr>(
     value: Option<String>,
     variable: &'static str,
@@ -340,10 +402,15 @@ mod tests {
         assert_eq!(config.site_addr.to_string(), "127.0.0.1:3000");
         assert_eq!(config.embedded_addr.to_string(), "127.0.0.1:27017");
         assert_eq!(config.heartbeat, Duration::from_secs(5));
-        assert_eq!(config.max_clients, 10_000);
+        // The connection shares come from the file budget (`budget`'s tests).
+        assert_eq!(config.max_clients, None);
+        assert_eq!(config.http_max_connections_per_ip, None);
+        assert_eq!(config.header_timeout, Duration::from_secs(20));
+        assert_eq!(config.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.trusted_proxies, TrustedProxies::default());
         assert_eq!(config.write_timeout, Duration::from_secs(30));
         assert_eq!(config.mongo_db, "realtime");
-        assert_eq!(config.embedded_max_connections, 1000);
+        assert_eq!(config.embedded_max_connections, None);
         assert!(!config.embedded_test_commands);
         assert!(config.site_hosts.is_empty());
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
@@ -405,6 +472,12 @@ mod tests {
             ("EMBEDDED_DB_TEST_COMMANDS", "1"),
             ("SITE_HOSTS", " Example.com, ,app.example.com:8443 "),
             ("SHUTDOWN_GRACE_MS", "1500"),
+            ("SSE_MAX_CLIENTS_PER_IP", "4"),
+            ("HTTP_MAX_CONNECTIONS", "50"),
+            ("HTTP_MAX_CONNECTIONS_PER_IP", "5"),
+            ("HTTP_HEADER_TIMEOUT_MS", "700"),
+            ("HTTP_BODY_TIMEOUT_MS", "900"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
         ]))
         .expect("valid");
         assert_eq!(config.shutdown_grace, Duration::from_millis(1500));
@@ -417,9 +490,15 @@ mod tests {
         assert_eq!(config.embedded_addr.port(), 27018);
         assert_eq!(config.embedded_path, PathBuf::from("/tmp/x"));
         assert_eq!(config.heartbeat, Duration::from_millis(250));
-        assert_eq!(config.max_clients, 3);
+        assert_eq!(config.max_clients, Some(3));
+        assert_eq!(config.max_clients_per_ip, Some(4));
+        assert_eq!(config.http_max_connections, Some(50));
+        assert_eq!(config.http_max_connections_per_ip, Some(5));
+        assert_eq!(config.header_timeout, Duration::from_millis(700));
+        assert_eq!(config.body_timeout, Duration::from_millis(900));
+        assert!(config.trusted_proxies.contains("10.1.2.3".parse().expect("v4")));
         assert_eq!(config.write_timeout, Duration::from_millis(500));
-        assert_eq!(config.embedded_max_connections, 20);
+        assert_eq!(config.embedded_max_connections, Some(20));
         assert!(config.embedded_test_commands);
         for (value, on) in [
             ("true", true),
@@ -450,6 +529,13 @@ mod tests {
             ("EMBEDDED_DB_TEST_COMMANDS", "maybe"),
             ("SHUTDOWN_GRACE_MS", "-1"),
             ("SHUTDOWN_GRACE_MS", "10s"),
+            ("SSE_MAX_CLIENTS", "0"),
+            ("SSE_MAX_CLIENTS_PER_IP", "0"),
+            ("HTTP_MAX_CONNECTIONS", "lots"),
+            ("HTTP_MAX_CONNECTIONS_PER_IP", "0"),
+            ("HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("HTTP_BODY_TIMEOUT_MS", "1.5"),
+            ("TRUSTED_PROXIES", "10.0.0.1, proxy"),
         ] {
             let err = Config::from_lookup(lookup(&[(name, value)])).expect_err(name);
             assert_eq!(err.variable, name);

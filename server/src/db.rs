@@ -36,12 +36,16 @@ impl Connection {
 }
 
 /// Connects as configured and checks the database answers; errors name the variable to fix.
-pub async fn connect(config: &Config) -> Result<Connection, StartupError> {
+/// An embedded database serves at most `embedded_max_connections` outside clients.
+pub async fn connect(
+    config: &Config,
+    embedded_max_connections: usize,
+) -> Result<Connection, StartupError> {
     let (uri, variable, embedded) = match &config.mongo_uri {
         Some(uri) => (uri.clone(), "MONGO_URI", None),
         None => {
             let settings = embedded_db::Config {
-                max_connections: config.embedded_max_connections,
+                max_connections: embedded_max_connections,
                 write_timeout: config.embedded_write_timeout,
                 enable_test_commands: config.embedded_test_commands,
                 ..embedded_db::Config::new(config.embedded_addr, &config.embedded_path)

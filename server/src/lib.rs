@@ -3,19 +3,26 @@
 //!
 //! # Layout
 //!
+//! - `accept`: the accept loop: fair shares of connections, hyper's HTTP/1 with a head deadline.
+//! - `budget`: the open-file limit divided between streams, connections and the database.
+//! - `client`: the client address of a request (`TRUSTED_PROXIES`, `X-Forwarded-For`).
 //! - `config`: the typed settings from the environment.
 //! - `db`: connecting to `MONGO_URI` or starting `embedded-db`; sample data.
 //! - `hub`: the one change stream and its fan-out to clients.
 //! - `logging`: the log's format: one line per event, client-supplied values escaped and cut.
-//! - `net`: the listener, write deadlines, handing a connection over to its event stream.
+//! - `net`: a connection's write deadline, handing a connection over to its event stream.
 //! - `rate`: the page's writes, limited per client address.
 //! - `server_fns`: the server functions' edge: cross-site refusal, body limit, write rate,
 //!   refusal statuses.
 //! - `metrics`: the counters behind `/metrics`.
 //! - `routes`: `/api/*` JSON, `/api/sse`, `/healthz`, `/readyz`, `/metrics`.
+//! - `shares`: at most so many connections of a kind, and so many per client address.
 //! - `shutdown`: the signals that stop the server.
 //! - `state`, `error`: shared state, the error body.
 
+pub mod accept;
+pub mod budget;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -26,10 +33,10 @@ pub mod net;
 pub mod rate;
 mod routes;
 pub mod server_fns;
+pub mod shares;
 pub mod shutdown;
 pub mod state;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +150,17 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| StartupError::new("LEPTOS_SITE_ADDR", e.to_string()))?;
-    let connection = db::connect(&config).await?;
+    let budget = budget::Budget::fit(&config, budget::open_file_limit())?;
+    tracing::info!(
+        open_files = ?budget.open_files,
+        streams = budget.streams,
+        streams_per_client = budget.streams_per_client,
+        http = budget.http,
+        http_per_client = budget.http_per_client,
+        embedded_db = budget.embedded,
+        "file budget"
+    );
+    let connection = db::connect(&config, budget.embedded).await?;
     let embedded_addr = connection
         .embedded
         .as_ref()
@@ -193,39 +210,33 @@ pub async fn start(
         hub,
         config: Arc::new(config),
         shutdown: shutdown.clone(),
-        sse_clients: Arc::default(),
+        stream_slots: shares::Shares::new(budget.streams, budget.streams_per_client),
+        connection_slots: shares::Shares::new(budget.http, budget.http_per_client),
         writes,
         streams,
     };
     let closing = net::Closing::default();
-    let listener = net::SiteListener::new(
+    let site = accept::Site {
         listener,
-        state.config.write_timeout,
+        router: router(state.clone()),
+        shares: state.connection_slots.clone(),
+        trusted: state.config.trusted_proxies.clone(),
+        header_timeout: state.config.header_timeout,
+        write_timeout: state.config.write_timeout,
         metrics,
-        closing.clone(),
-    );
+        closing: closing.clone(),
+    };
     let grace = state.config.shutdown_grace;
-    let app = router(state.clone());
     let task = tokio::spawn(async move {
-        // A make-service clones the router (an Arc) per connection instead of rebuilding it;
-        // the connection info lets an event stream take its connection over.
-        let service = app.into_make_service_with_connect_info::<net::ConnInfo>();
-        let stop = shutdown.clone();
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future();
-        // axum's graceful shutdown waits for every connection, however long a client keeps
-        // one (a request head half sent): past the grace period the ones left are closed.
+        let served = accept::serve(site, shutdown.clone());
+        // The loop waits for every connection to finish its request, however long a client
+        // takes (a body trickled in): past the grace period the ones left are closed.
         let grace_over = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            served = served => {
-                if let Err(e) = served {
-                    tracing::error!(cause = %e, "server error");
-                }
-            }
+            () = served => {}
             () = grace_over => {
                 tracing::warn!(
                     grace_ms = grace.as_millis(),

@@ -15,6 +15,14 @@ pub struct Metrics {
     pub cut_off_write_timeout: AtomicU64,
     /// Other HTTP connections closed for the same reason (pages, server functions).
     pub http_write_timeouts: AtomicU64,
+    /// Connections accepted and closed at once: `HTTP_MAX_CONNECTIONS` were open, or their
+    /// address held its `HTTP_MAX_CONNECTIONS_PER_IP`.
+    pub http_connections_refused: AtomicU64,
+    /// Connections closed because a request head was not whole within
+    /// `HTTP_HEADER_TIMEOUT_MS`.
+    pub http_header_timeouts: AtomicU64,
+    /// Requests answered `408` because their body was not whole within `HTTP_BODY_TIMEOUT_MS`.
+    pub http_body_timeouts: AtomicU64,
     /// Changes published by the feed.
     pub events_published: AtomicU64,
     /// `resync` messages issued: one per client told so when it subscribes or is cut off, one
@@ -44,10 +52,21 @@ pub struct ListReads {
     pub hits: u64,
 }
 
+/// The gauges `/metrics` shows, read where they live.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    /// Event streams open now.
+    pub streams_open: usize,
+    /// Other HTTP connections open now.
+    pub http_open: usize,
+    /// Bytes held by the ring of recent events.
+    pub ring_bytes: usize,
+}
+
 impl Metrics {
-    /// The Prometheus text exposition of every counter, with the gauges of open streams and of
-    /// the bytes the recent-events ring holds, and the snapshot reads of each list.
-    pub fn render(&self, streams_open: usize, ring_bytes: usize, lists: &[ListReads]) -> String {
+    /// The Prometheus text exposition of every counter, with `gauges` and the snapshot reads of
+    /// each list.
+    pub fn render(&self, gauges: &Gauges, lists: &[ListReads]) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(2048);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
@@ -56,23 +75,29 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let open = u64::try_from(streams_open).unwrap_or(u64::MAX);
+        let gauge = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
         family(
             "realtime_sse_streams_open",
             "gauge",
             "Event streams open now.",
-            &[("", open)],
+            &[("", gauge(gauges.streams_open))],
+        );
+        family(
+            "realtime_http_connections_open",
+            "gauge",
+            "HTTP connections open now that are not event streams.",
+            &[("", gauge(gauges.http_open))],
         );
         family(
             "realtime_ring_bytes",
             "gauge",
             "Bytes held by the ring of recent events kept for reconnecting streams.",
-            &[("", u64::try_from(ring_bytes).unwrap_or(u64::MAX))],
+            &[("", gauge(gauges.ring_bytes))],
         );
         family(
             "realtime_sse_streams_refused_total",
             "counter",
-            "Event streams turned away at SSE_MAX_CLIENTS.",
+            "Event streams turned away at SSE_MAX_CLIENTS or SSE_MAX_CLIENTS_PER_IP.",
             &[("", get(&self.streams_refused))],
         );
         family(
@@ -92,6 +117,21 @@ impl Metrics {
             "counter",
             "Other HTTP connections closed because their socket accepted nothing for SSE_WRITE_TIMEOUT_MS.",
             &[("", get(&self.http_write_timeouts))],
+        );
+        family(
+            "realtime_http_connections_refused_total",
+            "counter",
+            "Connections closed at accept: HTTP_MAX_CONNECTIONS or the address's share were taken.",
+            &[("", get(&self.http_connections_refused))],
+        );
+        family(
+            "realtime_http_timeouts_total",
+            "counter",
+            "Requests whose head (HTTP_HEADER_TIMEOUT_MS) or body (HTTP_BODY_TIMEOUT_MS) came too late.",
+            &[
+                ("{part=\"head\"}", get(&self.http_header_timeouts)),
+                ("{part=\"body\"}", get(&self.http_body_timeouts)),
+            ],
         );
         family(
             "realtime_events_published_total",
@@ -154,9 +194,13 @@ mod tests {
         let metrics = Metrics::default();
         bump(&metrics.cut_off_write_timeout);
         bump(&metrics.catch_ups_database);
+        bump(&metrics.http_header_timeouts);
         let text = metrics.render(
-            3,
-            4096,
+            &Gauges {
+                streams_open: 3,
+                http_open: 7,
+                ring_bytes: 4096,
+            },
             &[ListReads {
                 list: "users",
                 reads: 2,
@@ -166,6 +210,10 @@ mod tests {
         for line in [
             "realtime_sse_streams_open 3",
             "realtime_ring_bytes 4096",
+            "realtime_http_connections_open 7",
+            "realtime_http_timeouts_total{part=\"head\"} 1",
+            "realtime_http_timeouts_total{part=\"body\"} 0",
+            "realtime_http_connections_refused_total 0",
             "# TYPE realtime_ring_bytes gauge",
             "realtime_sse_streams_cut_off_total{reason=\"write_timeout\"} 1",
             "realtime_sse_streams_cut_off_total{reason=\"lag\"} 0",

@@ -1,5 +1,6 @@
-//! The site's connections: the listener `axum::serve` accepts from, a write deadline on every
-//! connection, and the hand-over of an HTTP/1.1 connection to the event-stream writer.
+//! The site's connections as hyper sees them ([`Conn`], made by [`crate::accept`]): a write
+//! deadline on every connection, and the hand-over of an HTTP/1.1 connection to the
+//! event-stream writer.
 //!
 //! hyper keeps about 16 KiB of buffers per HTTP/1.1 connection for as long as it serves it, and
 //! stops polling a response body whose socket is full. An event stream is long-lived, so on
@@ -27,15 +28,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::metrics::{bump, Metrics};
+use crate::shares::Slot;
 
 /// The chunked-encoding terminator hyper writes when the (empty) body of a handed-over
 /// response ends; dropped, since the stream goes on.
@@ -69,7 +69,7 @@ pub fn bound_stream_socket(socket: &TcpStream, write_timeout: Duration) -> io::R
 /// What a handed-over connection is given to: the socket and the response head hyper wrote.
 pub type Takeover = Box<dyn FnOnce(TcpStream, Bytes) + Send>;
 
-/// Closes every connection of a [`SiteListener`] at once (cheap to clone).
+/// Closes every [`Conn`] made with it at once (cheap to clone).
 #[derive(Debug, Clone, Default)]
 pub struct Closing(CancellationToken);
 
@@ -78,64 +78,6 @@ impl Closing {
     /// woken to fail), so hyper drops them and their sockets close.
     pub fn close(&self) {
         self.0.cancel();
-    }
-}
-
-/// Accepts the site's connections, each wrapped in a [`Conn`].
-#[derive(Debug)]
-pub struct SiteListener {
-    listener: TcpListener,
-    write_timeout: Duration,
-    metrics: Arc<Metrics>,
-    closing: Closing,
-}
-
-impl SiteListener {
-    /// Wraps `listener`; a connection whose socket accepts none of its pending bytes for
-    /// `write_timeout` is closed, and all are once `closing` is closed.
-    pub fn new(
-        listener: TcpListener,
-        write_timeout: Duration,
-        metrics: Arc<Metrics>,
-        closing: Closing,
-    ) -> Self {
-        Self {
-            listener,
-            write_timeout,
-            metrics,
-            closing,
-        }
-    }
-}
-
-impl axum::serve::Listener for SiteListener {
-    type Io = Conn;
-    type Addr = ConnInfo;
-
-    async fn accept(&mut self) -> (Conn, ConnInfo) {
-        let (socket, remote) = axum::serve::Listener::accept(&mut self.listener).await;
-        // Events are small and latency matters more than packet count.
-        let _ = socket.set_nodelay(true);
-        let shared = Arc::new(Shared {
-            takeover_armed: AtomicBool::new(false),
-            takeover: Mutex::new(None),
-            metrics: Arc::clone(&self.metrics),
-        });
-        let conn = Conn {
-            socket: Some(socket),
-            write_timeout: self.write_timeout,
-            stall: None,
-            head: Vec::new(),
-            shared: Arc::clone(&shared),
-            closed: Box::pin(self.closing.0.clone().cancelled_owned()),
-        };
-        (conn, ConnInfo { remote, shared })
-    }
-
-    fn local_addr(&self) -> io::Result<ConnInfo> {
-        Err(io::Error::other(
-            "the site listener reports its address through its TcpListener",
-        ))
     }
 }
 
@@ -160,12 +102,6 @@ impl ConnInfo {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *slot = Some(takeover);
         self.shared.takeover_armed.store(true, Ordering::Release);
-    }
-}
-
-impl Connected<IncomingStream<'_, SiteListener>> for ConnInfo {
-    fn connect_info(stream: IncomingStream<'_, SiteListener>) -> Self {
-        stream.remote_addr().clone()
     }
 }
 
@@ -197,9 +133,42 @@ pub struct Conn {
     shared: Arc<Shared>,
     /// Completes when the listener's [`Closing`] is closed.
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The connection's place in the HTTP share, given back when hyper lets go of it (an
+    /// event stream that takes the connection over holds a stream slot instead).
+    _slot: Slot,
 }
 
 impl Conn {
+    /// Wraps an accepted `socket` from `remote` holding `slot`: a write that finds the socket
+    /// full fails once it accepted nothing for `write_timeout`, and every read and write fails
+    /// once `closing` is closed. Returns the connection and what its requests know of it.
+    pub fn new(
+        socket: TcpStream,
+        remote: SocketAddr,
+        slot: Slot,
+        write_timeout: Duration,
+        metrics: Arc<Metrics>,
+        closing: &Closing,
+    ) -> (Self, ConnInfo) {
+        // Events are small and latency matters more than packet count.
+        let _ = socket.set_nodelay(true);
+        let shared = Arc::new(Shared {
+            takeover_armed: AtomicBool::new(false),
+            takeover: Mutex::new(None),
+            metrics,
+        });
+        let conn = Self {
+            socket: Some(socket),
+            write_timeout,
+            stall: None,
+            head: Vec::new(),
+            shared: Arc::clone(&shared),
+            closed: Box::pin(closing.0.clone().cancelled_owned()),
+            _slot: slot,
+        };
+        (conn, ConnInfo { remote, shared })
+    }
+
     /// Fails once the listener's connections are closed; else registers for that moment.
     fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         match self.closed.as_mut().poll(cx) {

@@ -2,11 +2,11 @@
 //! [`governor`] keyed limiter (GCRA, one bucket per address), asked by the server functions'
 //! edge before a write runs.
 //!
-//! A client address is the peer's IP; an IPv6 peer counts by its /64 (one home or one host
-//! gets a /64, so its other addresses are not a fresh allowance each), an IPv4-mapped IPv6
-//! peer as its IPv4 address.
+//! A client address is the request's [`ClientAddr`](crate::client::ClientAddr), counted by
+//! [`client_key`]: an IPv6 address by its /64 (one home or one host gets a /64, so its other
+//! addresses are not a fresh allowance each), an IPv4-mapped IPv6 address as its IPv4 one.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::client_key;
 use crate::config::WriteRate;
 
 /// How often addresses whose allowance is whole again are forgotten.
@@ -79,43 +80,11 @@ pub fn retry_after_secs(wait: Duration) -> u32 {
     u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
 }
 
-/// The address `peer` is counted as: an IPv4 address as it is (also when IPv4-mapped), an
-/// IPv6 address by its /64.
-pub fn client_key(peer: IpAddr) -> IpAddr {
-    match peer.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !u128::from(u64::MAX);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
-
-    #[test]
-    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("v6");
-        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("v6");
-        let other: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
-        assert_eq!(client_key(a), client_key(b));
-        assert_eq!(
-            client_key(a),
-            "2001:db8:1:2::".parse::<IpAddr>().expect("v6")
-        );
-        assert_ne!(client_key(a), client_key(other));
-        let mapped: IpAddr = "::ffff:10.1.2.3".parse().expect("mapped");
-        assert_eq!(
-            client_key(mapped),
-            "10.1.2.3".parse::<IpAddr>().expect("v4")
-        );
-        let v4: IpAddr = "10.1.2.4".parse().expect("v4");
-        assert_eq!(client_key(v4), v4);
-    }
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up_at_least_one() {

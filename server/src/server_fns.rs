@@ -2,12 +2,15 @@
 //!
 //! - a request from another site (`Origin`, `Sec-Fetch-Site`) or naming a foreign `Host` (DNS
 //!   rebinding) is refused with `403` before any function runs;
-//! - a body larger than [`BODY_LIMIT`] is refused with `413`;
+//! - a body larger than [`BODY_LIMIT`] is refused with `413`, and one not whole within
+//!   `HTTP_BODY_TIMEOUT_MS` of the request head with `408` (counted from then, however slowly it
+//!   trickles); both close the connection, whose body was not read whole;
 //! - a write ([`WRITES`]) from a client address that used up its `WRITE_RATE_PER_IP`
 //!   ([`crate::rate`]) is refused with `429`, `Retry-After` and "Too many changes; try again in
 //!   N s" before it runs; a form posted without WASM (`Accept: text/html`, a `Referer`) is sent
-//!   back to the page with that error instead, as Leptos does for the function's own errors. A
-//!   request that did not come through the site's listener (no peer address) is not limited;
+//!   back to the page with that error instead, as Leptos does for the function's own errors.
+//!   The client address is [`ClientAddr`] (behind `TRUSTED_PROXIES`, from `X-Forwarded-For`).
+//!   A request that did not come through the site's listener (no peer address) is not limited;
 //!   the list reads never are;
 //! - a body that is not UTF-8 is refused with `400` before Leptos decodes it (every server
 //!   function here takes a url-encoded form, which is text; Leptos answers such a body `500`);
@@ -26,9 +29,9 @@ use std::net::IpAddr;
 
 use app::edit::{AddUser, DeleteUser, EditError, EditUser, Problem, SetLock};
 use axum::body::{to_bytes, Body};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::{
-    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, REFERER, RETRY_AFTER,
+    ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, REFERER, RETRY_AFTER,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -36,8 +39,9 @@ use axum::response::{IntoResponse, Response};
 use leptos::server_fn::error::ServerFnUrlError;
 use leptos::server_fn::ServerFn;
 
+use crate::client::ClientAddr;
 use crate::logging;
-use crate::net::ConnInfo;
+use crate::metrics::bump;
 use crate::rate;
 use crate::state::AppState;
 
@@ -64,6 +68,8 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     if !req.uri().path().starts_with(PREFIX) {
         return next.run(req).await;
     }
+    // The whole body must be here by then, however slowly it trickles.
+    let deadline = tokio::time::Instant::now() + state.config.body_timeout;
     let host = req
         .headers()
         .get(HOST)
@@ -84,7 +90,7 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
-        return refuse(Problem::TooLarge);
+        return closing(refuse(Problem::TooLarge));
     }
     let (mut parts, body) = req.into_parts();
     if let Some(referer) = parts.headers.get(REFERER).and_then(|r| r.to_str().ok()) {
@@ -98,8 +104,24 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     if let Some(refused) = over_write_rate(&state, &parts) {
         return refused;
     }
-    let Ok(body) = to_bytes(body, BODY_LIMIT).await else {
-        return refuse(Problem::TooLarge);
+    let body = match tokio::time::timeout_at(deadline, to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(body)) => body,
+        // The rest of the body is not read: the connection cannot serve another request.
+        Ok(Err(_)) => return closing(refuse(Problem::TooLarge)),
+        Err(_) => {
+            bump(&state.hub.metrics().http_body_timeouts);
+            tracing::debug!(
+                path = %logging::client_text(parts.uri.path()),
+                "request body too slow"
+            );
+            return closing(
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body did not arrive in time.",
+                )
+                    .into_response(),
+            );
+        }
     };
     if std::str::from_utf8(&body).is_err() {
         return refuse(Problem::BadRequest);
@@ -113,12 +135,8 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
 fn over_write_rate(state: &AppState, parts: &axum::http::request::Parts) -> Option<Response> {
     let path = parts.uri.path();
     let function = WRITES.into_iter().find(|write| *write == path)?;
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<ConnInfo>>()?
-        .0
-        .remote
-        .ip();
+    let ClientAddr(peer) = ClientAddr::of(parts, &state.config.trusted_proxies);
+    let peer = peer?;
     let wait = state.writes.check(peer).err()?;
     let retry_after = rate::retry_after_secs(wait);
     tracing::debug!(%peer, function, retry_after, "write refused: too fast");
@@ -216,6 +234,14 @@ pub(crate) fn without_error_info(url: &str) -> String {
     } else {
         format!("{base}?{}", kept.join("&"))
     }
+}
+
+/// `response`, and the connection closed after it: the request's body was not read whole.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A refusal made here, before Leptos: the status and the JSON body the page decodes.

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{json, SseReader};
@@ -308,12 +307,12 @@ async fn unknown_token_gets_one_resync() {
 async fn client_limit_and_cleanup() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = common::config(&dir);
-    config.max_clients = 1;
+    config.max_clients = Some(1);
     let app = common::start_with(dir, config).await;
-    let clients = app.running.state.sse_clients.clone();
+    let clients = app.running.state.stream_slots.clone();
     let mut first = SseReader::open(&app.url("/api/sse"), &[]).await;
     assert!(first.next_within(SECOND).await.is_some());
-    assert_eq!(clients.load(Ordering::SeqCst), 1);
+    assert_eq!(clients.open(), 1);
     let mut second = SseReader::open(&app.url("/api/sse"), &[]).await;
     assert_eq!(second.response.status().as_u16(), 200);
     let block = second.next_within(SECOND).await.expect("retry");
@@ -325,7 +324,7 @@ async fn client_limit_and_cleanup() {
     drop(first);
     let mut freed = false;
     for _ in 0..50 {
-        if clients.load(Ordering::SeqCst) == 0 {
+        if clients.open() == 0 {
             freed = true;
             break;
         }
@@ -933,7 +932,7 @@ async fn head_gets_the_stream_headers() {
         "{head}"
     );
     assert!(head.ends_with("\r\n\r\n"), "no body: {head}");
-    assert_eq!(app.running.state.sse_clients.load(Ordering::Relaxed), 0);
+    assert_eq!(app.running.state.stream_slots.open(), 0);
     socket
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
         .await

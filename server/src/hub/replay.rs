@@ -715,7 +715,12 @@ mod tests {
             recent.after("00000001", Some("ffffffff")).is_none(),
             "an evicted position is not served from memory"
         );
-        let text = crate::metrics::Metrics::default().render(0, recent.bytes(), &[]);
+        let gauges = crate::metrics::Gauges {
+            streams_open: 0,
+            http_open: 0,
+            ring_bytes: recent.bytes(),
+        };
+        let text = crate::metrics::Metrics::default().render(&gauges, &[]);
         let line = format!("realtime_ring_bytes {}", fit * size);
         assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         recent.restart("ff".to_owned());

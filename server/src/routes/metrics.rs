@@ -1,14 +1,12 @@
 //! `GET /metrics`: the feed's counters in Prometheus text format.
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::metrics::ListReads;
+use crate::metrics::{Gauges, ListReads};
 use crate::state::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -30,7 +28,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             hits: devices.hits,
         },
     ];
-    let open = state.sse_clients.load(Ordering::Relaxed);
+    let gauges = Gauges {
+        streams_open: state.stream_slots.open(),
+        http_open: state.connection_slots.open(),
+        ring_bytes: state.hub.ring_bytes(),
+    };
     (
         [(
             header::CONTENT_TYPE,
@@ -39,6 +41,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state
             .hub
             .metrics()
-            .render(open, state.hub.ring_bytes(), &lists),
+            .render(&gauges, &lists),
     )
 }

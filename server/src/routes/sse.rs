@@ -15,8 +15,6 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -32,9 +30,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::ClientAddr;
 use crate::hub::{Feed, Frame, Hub};
 use crate::metrics::bump;
 use crate::net::{self, ConnInfo};
+use crate::shares::Slot;
 use crate::state::AppState;
 
 /// The browser's reconnect delay is drawn from this range (ms), so that a restart does not bring
@@ -50,6 +50,7 @@ pub(super) fn routes() -> Router<AppState> {
 async fn sse(
     State(state): State<AppState>,
     connection: Option<Extension<ConnectInfo<ConnInfo>>>,
+    ClientAddr(client): ClientAddr,
     method: Method,
     version: Version,
     headers: HeaderMap,
@@ -69,8 +70,8 @@ async fn sse(
         return event_stream(Body::empty());
     }
     let retry = Frame::new(&format!("retry: {}\n\n", rand::random_range(RETRY_MS)));
-    let Some(guard) = ClientGuard::admit(&state.sse_clients, state.config.max_clients) else {
-        // Over the limit: a 200 with only `retry:` makes the browser come back later, where an
+    let Some(slot) = state.stream_slots.admit(client) else {
+        // Over the total or this address's share: a 200 with only `retry:` makes the browser come back later, where an
         // error status would make it give up.
         bump(&state.hub.metrics().streams_refused);
         let body = stream::once(async move { Ok::<_, Infallible>(retry.text()) });
@@ -94,10 +95,10 @@ async fn sse(
         Some(Extension(ConnectInfo(connection))) if version == Version::HTTP_11 => {
             let client = Client {
                 hub: state.hub.clone(),
-                peer: Some(connection.remote.ip()),
+                client,
                 last_event_id,
                 retry,
-                guard,
+                slot,
                 shutdown: state.shutdown.clone(),
             };
             let write_timeout = state.config.write_timeout;
@@ -121,10 +122,9 @@ async fn sse(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
-        connection => {
-            let peer = connection.map(|Extension(ConnectInfo(c))| c.remote.ip());
-            let feed = state.hub.feed(last_event_id.as_deref(), peer);
-            event_stream(body(feed, retry, guard, state.shutdown))
+        _ => {
+            let feed = state.hub.feed(last_event_id.as_deref(), client);
+            event_stream(body(feed, retry, slot, state.shutdown))
         }
     }
 }
@@ -146,11 +146,12 @@ fn event_stream(body: Body) -> Response {
 struct Client {
     hub: Hub,
     /// The client's address: the hub limits replays per address.
-    peer: Option<IpAddr>,
+    client: Option<IpAddr>,
     last_event_id: Option<String>,
     retry: Frame,
-    /// Holds the stream's `SSE_MAX_CLIENTS` slot for as long as the stream lives.
-    guard: ClientGuard,
+    /// Holds the stream's slot (`SSE_MAX_CLIENTS`, `SSE_MAX_CLIENTS_PER_IP`) for as long as
+    /// the stream lives.
+    slot: Slot,
     shutdown: CancellationToken,
 }
 
@@ -170,7 +171,7 @@ impl Client {
         let written = async {
             writer.write(head).await?;
             writer.write(self.retry.chunk()).await?;
-            let mut feed = self.hub.feed(self.last_event_id.as_deref(), self.peer);
+            let mut feed = self.hub.feed(self.last_event_id.as_deref(), self.client);
             while let Some(frame) = tokio::select! {
                 frame = feed.next() => frame,
                 cut = writer.peer_gone() => return Err(cut),
@@ -197,13 +198,13 @@ impl Client {
             Err(Cut::Gone) => {}
         }
         // Frees the stream's slot.
-        drop(self.guard);
+        drop(self.slot);
     }
 }
 
 /// The stream as a body hyper frames (HTTP/1.0, HTTP/2): `retry:`, then `feed`, until the
-/// server shuts down. `guard` lives as long as the body: dropping the response frees the slot.
-fn body(feed: Feed, retry: Frame, guard: ClientGuard, shutdown: CancellationToken) -> Body {
+/// server shuts down. `slot` lives as long as the body: dropping the response frees it.
+fn body(feed: Feed, retry: Frame, slot: Slot, shutdown: CancellationToken) -> Body {
     let subscribed = stream::unfold(feed, |mut feed| async move {
         let frame = feed.next().await?;
         Some((frame, feed))
@@ -211,7 +212,7 @@ fn body(feed: Feed, retry: Frame, guard: ClientGuard, shutdown: CancellationToke
     let frames = stream::once(async move { retry })
         .chain(subscribed)
         .map(move |frame| {
-            let _ = &guard;
+            let _ = &slot;
             Ok::<_, Infallible>(frame.text())
         })
         .take_until(async move { shutdown.cancelled().await });
@@ -310,30 +311,12 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Counts an open event stream; releases its slot when dropped.
-#[derive(Debug)]
-struct ClientGuard(Arc<AtomicUsize>);
-
-impl ClientGuard {
-    fn admit(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        let admitted = count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        admitted.then(|| Self(Arc::clone(count)))
-    }
-}
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::shares::Shares;
     use axum::http::HeaderValue;
 
     fn accept(value: &str) -> HeaderMap {
@@ -373,25 +356,15 @@ mod tests {
         let hub = Hub::start(db, Arc::default(), Duration::from_secs(5), shutdown.clone());
         let client = Client {
             hub,
-            peer: None,
+            client: None,
             last_event_id: None,
             retry: Frame::new("retry: 1000\n\n"),
-            guard: ClientGuard::admit(&Arc::new(AtomicUsize::new(0)), 1).expect("room"),
+            slot: Shares::new(1, 1).admit(None).expect("room"),
             shutdown: shutdown.clone(),
         };
         let task = client.write_to(socket, Bytes::new(), Duration::from_secs(1));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "the stream's future is {size} bytes");
         shutdown.cancel();
-    }
-
-    #[test]
-    fn guard_counts_and_limits() {
-        let count = Arc::new(AtomicUsize::new(0));
-        let first = ClientGuard::admit(&count, 1).expect("room");
-        assert!(ClientGuard::admit(&count, 1).is_none());
-        drop(first);
-        assert!(ClientGuard::admit(&count, 1).is_some());
-        assert_eq!(count.load(Ordering::Relaxed), 0);
     }
 }
