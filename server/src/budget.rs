@@ -87,7 +87,10 @@ impl Budget {
         let derived_too_small = (config.max_clients.is_none() && streams < MIN_SHARE)
             || (config.http_max_connections.is_none() && http < MIN_SHARE);
         if streams.saturating_add(http) > left || derived_too_small {
-            let mut parts = vec![format!("a reserve ({RESERVE})"), format!("the app's database pool ({pool})")];
+            let mut parts = vec![
+                format!("a reserve ({RESERVE})"),
+                format!("the app's database pool ({pool})"),
+            ];
             if embedded_db {
                 parts.push(format!("EMBEDDED_DB_MAX_CONNECTIONS ({embedded})"));
             }
@@ -169,7 +172,10 @@ mod tests {
         // 20,000 - 256 - 2 × 34 - 1,000 = 18,676, halved.
         assert_eq!(budget.embedded, 1_000);
         assert_eq!((budget.streams, budget.http), (9_338, 9_338));
-        assert_eq!((budget.streams_per_client, budget.http_per_client), (1_167, 1_167));
+        assert_eq!(
+            (budget.streams_per_client, budget.http_per_client),
+            (1_167, 1_167)
+        );
         let total = RESERVE as usize + 68 + budget.embedded + budget.streams + budget.http;
         assert!(total <= 20_000, "{total}");
     }

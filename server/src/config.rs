@@ -496,7 +496,9 @@ mod tests {
         assert_eq!(config.http_max_connections_per_ip, Some(5));
         assert_eq!(config.header_timeout, Duration::from_millis(700));
         assert_eq!(config.body_timeout, Duration::from_millis(900));
-        assert!(config.trusted_proxies.contains("10.1.2.3".parse().expect("v4")));
+        assert!(config
+            .trusted_proxies
+            .contains("10.1.2.3".parse().expect("v4")));
         assert_eq!(config.write_timeout, Duration::from_millis(500));
         assert_eq!(config.embedded_max_connections, Some(20));
         assert!(config.embedded_test_commands);

@@ -52,7 +52,10 @@ impl Shares {
     /// counted only in the total), unless the total or that address's share is used up.
     pub fn admit(&self, client: Option<IpAddr>) -> Option<Slot> {
         let inner = &self.inner;
-        let mut by_client = inner.by_client.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_client = inner
+            .by_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // Raised only under the lock, so the check and the raise cannot race.
         if inner.open.load(Ordering::Relaxed) >= inner.total {
             return None;
@@ -154,7 +157,9 @@ mod tests {
     fn refusals_leave_no_state_behind() {
         let shares = Shares::new(1, 0);
         for last in 0..1000u32 {
-            assert!(shares.admit(Some(IpAddr::from(last.to_be_bytes()))).is_none());
+            assert!(shares
+                .admit(Some(IpAddr::from(last.to_be_bytes())))
+                .is_none());
         }
         assert_eq!(shares.clients(), 0);
         assert_eq!(shares.open(), 0);

@@ -679,3 +679,39 @@ async fn writes_past_the_rate_per_address_get_429() {
         "nothing written"
     );
 }
+
+/// Behind a trusted proxy the write allowance is the forwarded client's (the rightmost
+/// `X-Forwarded-For` entry that is not a trusted proxy): one client used up does not stop
+/// another behind the same proxy.
+#[tokio::test]
+async fn behind_a_trusted_proxy_writes_count_by_the_forwarded_client() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = common::config(&dir);
+    config.write_rate = server::config::WriteRate {
+        count: std::num::NonZeroU32::MIN,
+        period: std::time::Duration::from_secs(60),
+        burst: std::num::NonZeroU32::MIN,
+    };
+    // The test's requests come from 127.0.0.1: the proxy.
+    config.trusted_proxies = server::client::TrustedProxies::parse("127.0.0.1").expect("list");
+    let app = common::start_with(dir, config).await;
+    let add = |forwarded_for: &'static str, username: &'static str| {
+        client()
+            .post(app.url("/_server/add_user"))
+            .header("origin", app.base.as_str())
+            .header("sec-fetch-site", "same-origin")
+            .header("x-forwarded-for", forwarded_for)
+            .form(&[("fname", "P"), ("lname", "X"), ("username", username)])
+            .send()
+    };
+    let status =
+        |response: reqwest::Result<reqwest::Response>| response.expect("request").status().as_u16();
+    assert_eq!(status(add("203.0.113.7", "proxied1").await), 200);
+    assert_eq!(
+        status(add("198.51.100.1, 203.0.113.7", "proxied2").await),
+        429
+    );
+    assert_eq!(status(add("203.0.113.8", "proxied3").await), 200);
+    assert!(find_user(&app, "proxied2").await.is_none());
+    assert!(find_user(&app, "proxied3").await.is_some());
+}

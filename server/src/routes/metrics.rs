@@ -38,9 +38,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state
-            .hub
-            .metrics()
-            .render(&gauges, &lists),
+        state.hub.metrics().render(&gauges, &lists),
     )
 }
