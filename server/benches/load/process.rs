@@ -54,6 +54,10 @@ pub(crate) fn start_server(max_clients: usize) -> (ServerProcess, SocketAddr, So
         .env("EMBEDDED_DB_ADDR", db.to_string())
         .env("EMBEDDED_DB_PATH", dir.path())
         .env("SSE_MAX_CLIENTS", max_clients.to_string())
+        // The load comes from a few loopback addresses: no per-address shares (the rest of the
+        // file budget goes to the other HTTP connections).
+        .env("SSE_MAX_CLIENTS_PER_IP", max_clients.to_string())
+        .env("HTTP_MAX_CONNECTIONS_PER_IP", "1000000")
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("the server binary starts");
