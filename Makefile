@@ -27,7 +27,8 @@ E2E := end2end
 CARGO_TEST_ENV := RUSTFLAGS="--cfg erase_components" LEPTOS_OUTPUT_NAME=realtime
 
 .PHONY: run test test-rust test-e2e build-site tools wasm-target cargo-leptos wasm-bindgen \
-	npm-deps e2e-deps chromium lint db bench bench-app bench-page screenshot node-deps py-deps fuzz
+	npm-deps e2e-deps chromium lint db bench bench-app bench-page screenshot node-deps py-deps fuzz \
+	fuzz-http
 
 ## Install the tools, build, serve http://127.0.0.1:3000 on the embedded database (./data/db).
 run: tools npm-deps
@@ -96,6 +97,19 @@ fuzz:
 	cargo build --release --locked -p embedded-db
 	cargo run --release --locked -p embedded-db-fuzz -- --seconds $(FUZZ_SECONDS) \
 		$(if $(FUZZ_INPUTS),--inputs $(FUZZ_INPUTS)) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
+# The HTTP fuzzer's trickle mode (heads and bodies sent too slowly or left unfinished, which
+# the server must cut within its deadlines): on, or off for a server without those deadlines.
+FUZZ_TRICKLE ?= on
+
+## Fuzz the release server binary over HTTP for FUZZ_SECONDS (120) or FUZZ_INPUTS requests
+## (FUZZ_SEED, FUZZ_TRICKLE=on|off): fails on any 5xx, a hang past the deadlines or a dead
+## process; findings go to server/fuzz/findings/. Not part of `make test`.
+fuzz-http:
+	cargo build --release --locked -p server
+	cargo run --release --locked -p server-fuzz -- --seconds $(FUZZ_SECONDS) \
+		$(if $(FUZZ_INPUTS),--requests $(FUZZ_INPUTS)) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED)) \
+		$(if $(filter off,$(FUZZ_TRICKLE)),--no-trickle)
 
 # ---- tools ---------------------------------------------------------------------------------
 
