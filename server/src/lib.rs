@@ -84,11 +84,30 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             server_fns::guard,
         ))
+        .layer(axum::middleware::from_fn(refuse_pathless_targets))
         // The default predicate never compresses text/event-stream, so the feed stays
         // uncompressed while pages are compressed.
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers `400` to a request whose target has no path (`GET host:port`, the form only
+/// `CONNECT` uses): the page handler needs one (found by the HTTP fuzzer: `leptos_axum`'s
+/// fallback panicked on it).
+async fn refuse_pathless_targets(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.uri().path_and_query().is_none() {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "The request target has no path.",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Starts the runtime event streams are written on, on threads of its own: a burst of page

@@ -251,26 +251,36 @@ fn refuse(problem: Problem) -> Response {
     (status, axum::Json(error)).into_response()
 }
 
-/// Gives a `500` whose body is an [`EditError`] that error's status.
+/// Gives a `500` whose body is an [`EditError`] that error's status, and a `500` whose body is
+/// a [`ServerFnError`](leptos::server_fn::error::ServerFnError) about the request's arguments
+/// (a list read sent a form it cannot decode) `400`: bad input is the client's error.
 async fn with_refusal_status(response: Response) -> Response {
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return response;
+    }
     let is_json = response
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if response.status() != StatusCode::INTERNAL_SERVER_ERROR || !is_json {
-        return response;
-    }
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = to_bytes(body, ERROR_BODY_LIMIT).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    if let Ok(error) = serde_json::from_slice::<EditError>(&bytes) {
-        if let Ok(status) = StatusCode::from_u16(error.status()) {
-            parts.status = status;
+    if is_json {
+        if let Ok(error) = serde_json::from_slice::<EditError>(&bytes) {
+            if let Ok(status) = StatusCode::from_u16(error.status()) {
+                parts.status = status;
+            }
         }
+    } else if BAD_ARGUMENTS.iter().any(|kind| bytes.starts_with(kind)) {
+        parts.status = StatusCode::BAD_REQUEST;
     }
     Response::from_parts(parts, Body::from(bytes))
 }
+
+/// How Leptos encodes a server function's error about its arguments (`Args|…`,
+/// `Deserialization|…`).
+const BAD_ARGUMENTS: [&[u8]; 2] = [b"Args|", b"Deserialization|"];
 
 #[cfg(test)]
 mod tests {

@@ -126,6 +126,14 @@ async fn other_paths_are_not_found() {
     let html = response.text().await.expect("html");
     assert!(html.contains("Page not found."));
     assert!(!html.contains("Ada Lovelace"));
+    // A target without a path (found by the HTTP fuzzer: it made the page handler panic and
+    // the connection close without an answer).
+    let mut raw = common::RawHttp::connect(app.running.addr).await;
+    let target = app.running.addr.to_string();
+    raw.get(&target, &[]).await;
+    let (head, body) = raw.response().await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert_eq!(body, b"The request target has no path.");
 }
 
 /// `/healthz` is 200; `/readyz` is 200 with the database and the change stream up.
