@@ -1,4 +1,5 @@
-//! One client connection: framed reads and writes over a TCP stream.
+//! One client connection: framed reads and writes over a socket (the TCP port's or the
+//! private Unix socket's).
 //!
 //! The read buffer grows with the bytes that actually arrive, never with the length a header
 //! announces, and shrinks back after a large message, so neither a lying header nor an idle
@@ -12,7 +13,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::wire::{self, Message};
@@ -47,7 +47,7 @@ pub(crate) enum ConnError {
 
 /// A socket with a read buffer; reads whole messages.
 #[derive(Debug)]
-pub(crate) struct Connection<S = TcpStream> {
+pub(crate) struct Connection<S> {
     stream: S,
     buffer: BytesMut,
     frame_timeout: Duration,

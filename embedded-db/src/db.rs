@@ -19,14 +19,14 @@ pub(crate) struct Db {
     pub(crate) cursors: Cursors,
     /// Identity reported by `hello`, `buildInfo`, `getCmdLineOpts`.
     pub(crate) info: ServerInfo,
-    /// Connections served now. Only the accept loop raises it, and only below
-    /// `info.max_connections`, so it never exceeds the limit; each connection lowers it when it
-    /// ends, however it ends.
-    pub(crate) connections: AtomicUsize,
-    /// Connections served since start; also the source of `connectionId`s.
+    /// The TCP port's connections (outside clients), under `Config::max_connections`.
+    pub(crate) tcp: Gate,
+    /// The private socket's connections (the embedding application's own pool), under
+    /// `Config::private_connections`; never counted against the TCP port's limit, nor the
+    /// TCP port's against this one. A limit of 0 when there is no private socket.
+    pub(crate) private: Gate,
+    /// Connections served since start, on either listener; also the source of `connectionId`s.
     pub(crate) connections_created: AtomicU64,
-    /// Connections refused since start because `info.max_connections` were open.
-    pub(crate) connections_rejected: AtomicU64,
     /// Commands served, by kind (`serverStatus.opcounters`).
     pub(crate) opcounters: OpCounters,
     /// Pipeline stages run, by name (`serverStatus.metrics.aggStageCounters`).
@@ -41,6 +41,29 @@ impl Db {
     /// of the point's `times`; while no fail point is on this is a single atomic load.
     pub(crate) fn max_time_always_times_out(&self) -> bool {
         self.fail_points.max_time_always_times_out()
+    }
+}
+
+/// One listener's connection limit and counts.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    /// Connections served at once at most.
+    pub(crate) limit: usize,
+    /// Connections served now. Only the accept loop raises it, and only below `limit`, so it
+    /// never exceeds the limit; each connection lowers it when it ends, however it ends.
+    pub(crate) current: AtomicUsize,
+    /// Connections refused since start because `limit` were open.
+    pub(crate) rejected: AtomicU64,
+}
+
+impl Gate {
+    /// No connection yet, at most `limit` at once.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            current: 0.into(),
+            rejected: 0.into(),
+        }
     }
 }
 
@@ -145,8 +168,6 @@ pub(crate) struct ServerInfo {
     pub(crate) path: PathBuf,
     /// When the server started.
     pub(crate) started: Instant,
-    /// Connections served at once (`Config::max_connections`).
-    pub(crate) max_connections: usize,
     /// Whether test commands (`configureFailPoint`) exist (`Config::enable_test_commands`).
     pub(crate) test_commands: bool,
 }

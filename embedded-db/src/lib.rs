@@ -21,8 +21,9 @@
 //! The data path, from socket to disk; each module names only modules listed after it
 //! (`docs/architecture.md` has the rules, `tests/layering.rs` tests them):
 //!
-//! - `server`: the server's own runtime, the listener with its connection limit, one task per
-//!   connection, shutdown.
+//! - `server`: the server's own runtime, the listeners (the TCP port and an optional private
+//!   Unix socket for the embedding application's pool), each with its own connection limit,
+//!   one task per connection, shutdown.
 //! - `connection`: a socket with a read buffer, reading whole frames within the frame timeout.
 //! - `cmd`: the dispatch table (`cmd.rs`) over the commands, one file per area (`read`,
 //!   `write/` one file per write command, `catalog`, `aggregate`, `admin`, `explain`,

@@ -1,7 +1,8 @@
-//! The listener: accepts connections, runs one task per connection, and shuts
-//! down (stop accepting, end every connection at its next await point — a command in
-//! flight is cancelled and gets no reply —, let the writer commit what it was given, close
-//! the data files).
+//! The listeners: accept connections on the TCP port and, for the embedding application's
+//! own pool, on an optional private Unix socket, each under a connection limit of its own; run
+//! one task per connection; and shut down (stop accepting, end every connection at its next
+//! await point — a command in flight is cancelled and gets no reply —, let the writer commit
+//! what it was given, close the data files, remove the private socket's directory).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -17,7 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::cmd::{self, Reply};
 use crate::connection::{ConnError, Connection};
 use crate::cursor::{Cursors, IDLE_TIMEOUT};
-use crate::db::{ConnInfo, Db, ServerInfo};
+use crate::db::{ConnInfo, Db, Gate, ServerInfo};
 use crate::fail_point::FailPoints;
 use crate::limits::THREAD_STACK_SIZE;
 use crate::storage::{Store, StoreError};
@@ -61,9 +63,16 @@ pub struct Config {
     /// `host:port` reported in `hello` `hosts`; defaults to the bound address
     /// (with `127.0.0.1` for an unspecified IP), which is what a local client dials.
     pub advertised_host: Option<String>,
-    /// Connections served at once. Beyond it a new connection is accepted and closed at once,
-    /// as `mongod` does, and a warning is logged at most once a second.
+    /// Connections served at once on the TCP port. Beyond it a new connection is accepted and
+    /// closed at once, as `mongod` does, and a warning is logged at most once a second.
     pub max_connections: usize,
+    /// Connections served at once on a private Unix socket, which only the embedding
+    /// application can reach (see [`Server::private_uri`]); 0 (the default) opens no private
+    /// socket. The private socket has the same deadlines and the same refusal past its limit
+    /// as the TCP port, and the two limits are counted apart: outside clients filling the TCP
+    /// port never take a private slot, nor the reverse. Unix only; elsewhere there is no
+    /// private socket and a warning says so.
+    pub private_connections: usize,
     /// Time a message may take to arrive once its first byte is in; a connection that
     /// exceeds it is closed. Idle time between messages is not limited.
     pub frame_timeout: Duration,
@@ -86,6 +95,7 @@ impl Config {
             replica_set: DEFAULT_REPLICA_SET.to_owned(),
             advertised_host: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            private_connections: 0,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             enable_test_commands: false,
@@ -111,6 +121,16 @@ pub enum StartError {
         path: String,
         /// What failed.
         reason: String,
+    },
+    /// The private socket could not be made: its directory under the system's temporary
+    /// directory (`TMPDIR` on Unix) could not be created, the socket's path is too long for a
+    /// socket address (about 100 bytes) or is not UTF-8 (a connection string holds text).
+    #[error("cannot create the private socket under {path}: {source}")]
+    Private {
+        /// The parent directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
     },
     /// The server's threads could not be started (the system refused to create threads).
     #[error("cannot start the database threads: {source}")]
@@ -139,12 +159,16 @@ pub struct Server {
     replica_set: String,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The private socket's directory, removed when dropped (after the listener has closed,
+    /// on [`Server::shutdown`]).
+    private: Option<private::Socket>,
     /// `None` once shut down.
     runtime: Option<Runtime>,
 }
 
 impl Server {
-    /// Opens the data directory, binds the address, starts the server's runtime and serves.
+    /// Opens the data directory, binds the address (and the private socket, if asked for),
+    /// starts the server's runtime and serves.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let bind_error = |source| StartError::Bind {
             addr: config.addr,
@@ -153,6 +177,7 @@ impl Server {
         let listener = std::net::TcpListener::bind(config.addr).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
+        let (private, private_listener) = private::bind(config.private_connections)?.unzip();
         let store = Store::open(&config.path, config.history).map_err(|e| StartError::Storage {
             path: config.path.display().to_string(),
             reason: match e {
@@ -168,10 +193,17 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|source| StartError::Runtime { source })?;
-        let listener = {
-            // Registers the socket with the server's runtime, not the caller's.
+        let (listener, private_listener) = {
+            // Registers the sockets with the server's runtime, not the caller's.
             let _runtime = runtime.enter();
-            TcpListener::from_std(listener).map_err(bind_error)?
+            let private_listener = match (&private, private_listener) {
+                (Some(socket), Some(listener)) => Some(socket.listen(listener)?),
+                _ => None,
+            };
+            (
+                TcpListener::from_std(listener).map_err(bind_error)?,
+                private_listener,
+            )
         };
         let host = config.advertised_host.clone().unwrap_or_else(|| {
             let ip = if addr.ip().is_unspecified() {
@@ -191,12 +223,15 @@ impl Server {
                 bind_ip: addr.ip().to_string(),
                 path: config.path.clone(),
                 started: Instant::now(),
-                max_connections: config.max_connections,
                 test_commands: config.enable_test_commands,
             },
-            connections: 0.into(),
+            tcp: Gate::new(config.max_connections),
+            private: Gate::new(if private.is_some() {
+                config.private_connections
+            } else {
+                0
+            }),
             connections_created: 0.into(),
-            connections_rejected: 0.into(),
             opcounters: crate::db::OpCounters::default(),
             stage_counters: crate::db::StageCounters::default(),
             fail_points: FailPoints::default(),
@@ -206,11 +241,19 @@ impl Server {
             frame: config.frame_timeout,
             write: config.write_timeout,
         };
-        let task = runtime.spawn(accept_loop(listener, db, timeouts, shutdown_rx));
+        let private_limit = db.private.limit;
+        let task = runtime.spawn(accept_loop(
+            listener,
+            private_listener,
+            db,
+            timeouts,
+            shutdown_rx,
+        ));
         tracing::info!(
             %addr,
             path = %config.path.display(),
             max_connections = config.max_connections,
+            private_connections = private_limit,
             test_commands = config.enable_test_commands,
             "embedded-db listening"
         );
@@ -222,6 +265,7 @@ impl Server {
             replica_set: config.replica_set,
             shutdown,
             task,
+            private,
             runtime: Some(runtime),
         })
     }
@@ -237,6 +281,18 @@ impl Server {
         format!("mongodb://{}/?directConnection=true", self.addr)
     }
 
+    /// A connection string for the private socket, when there is one
+    /// ([`Config::private_connections`] above 0, on Unix): the socket's path percent-encoded
+    /// (ending in `.sock`, which is how drivers tell a socket from a host name), with
+    /// `directConnection=true`. The socket lives in a fresh directory under the system's
+    /// temporary directory that only this process's user may enter (mode 0700), removed on
+    /// shutdown. `hello` on it names the TCP host as the replica set's member, as on the TCP
+    /// port; under `directConnection` drivers ignore that, whereas `?replicaSet=` discovery
+    /// would move a driver to the TCP port, so use the string as given.
+    pub fn private_uri(&self) -> Option<String> {
+        self.private.as_ref().map(|socket| socket.uri().to_owned())
+    }
+
     /// The replica-set name, for `?replicaSet=` connection strings.
     pub fn replica_set(&self) -> &str {
         &self.replica_set
@@ -244,13 +300,17 @@ impl Server {
 
     /// Stops accepting, ends every connection at its next await point (a command in flight
     /// is cancelled and gets no reply; a write already handed to the writer still commits),
-    /// closes the data files after every acknowledged write, and stops the server's threads. Awaitable from any runtime; it never blocks the caller's thread.
+    /// closes the data files after every acknowledged write, stops the server's threads and
+    /// removes the private socket's directory. Awaitable from any runtime; it never blocks the
+    /// caller's thread.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.task).await;
         if let Some(runtime) = self.runtime.take() {
             dispose(runtime).await;
         }
+        // The listener closed with the accept loop; now the socket file and its directory go.
+        drop(self.private.take());
     }
 }
 
@@ -290,6 +350,156 @@ async fn dispose(runtime: Runtime) {
             if let Some(runtime) = take(&slot) {
                 runtime.shutdown_background();
             }
+        }
+    }
+}
+
+/// The private socket: a Unix socket in a fresh directory that only this process's user may
+/// enter, so only the embedding application (or that user) can take its connections.
+#[cfg(unix)]
+mod private {
+    use std::fs::Permissions;
+    use std::io;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::StartError;
+
+    /// The socket's name in its directory; drivers take a host ending in `.sock` for a socket
+    /// path. Short, as the directory's name is: a socket's path holds about 100 bytes at most.
+    const SOCKET_NAME: &str = "db.sock";
+    /// What `whatsmyuri` and the log lines name as the peer of a private connection (a peer
+    /// on a Unix socket has no address).
+    const PEER: &str = "private socket";
+
+    /// The socket as bound, before it is registered with the server's runtime.
+    pub(super) type StdListener = std::os::unix::net::UnixListener;
+    /// A private connection.
+    pub(super) type Stream = tokio::net::UnixStream;
+
+    /// The private socket's directory (mode 0700) and connection string. Dropping it removes
+    /// the directory and the socket file in it.
+    #[derive(Debug)]
+    pub(super) struct Socket {
+        dir: tempfile::TempDir,
+        uri: String,
+    }
+
+    /// The listening private socket, on the server's runtime.
+    #[derive(Debug)]
+    pub(super) struct Listener(tokio::net::UnixListener);
+
+    /// Creates the directory and binds the socket in it, when `limit` is above 0.
+    pub(super) fn bind(limit: usize) -> Result<Option<(Socket, StdListener)>, StartError> {
+        if limit == 0 {
+            return Ok(None);
+        }
+        let parent = std::env::temp_dir();
+        let error = |source| StartError::Private {
+            path: parent.display().to_string(),
+            source,
+        };
+        // Created with the mode, never widened afterwards, so no other user can ever reach
+        // the socket.
+        let dir = tempfile::Builder::new()
+            .prefix("edb-")
+            .permissions(Permissions::from_mode(0o700))
+            .tempdir_in(&parent)
+            .map_err(error)?;
+        let path = dir.path().join(SOCKET_NAME);
+        let uri = uri(&path).ok_or_else(|| {
+            error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the socket path {} is not UTF-8", path.display()),
+            ))
+        })?;
+        let listener = StdListener::bind(&path).map_err(error)?;
+        listener.set_nonblocking(true).map_err(error)?;
+        Ok(Some((Socket { dir, uri }, listener)))
+    }
+
+    /// A `mongodb://` connection string for the socket at `path`: the path percent-encoded
+    /// (every byte but letters, digits and `-._~`), with `directConnection=true`; `None` when
+    /// the path is not UTF-8.
+    fn uri(path: &Path) -> Option<String> {
+        let mut host = String::new();
+        for byte in path.to_str()?.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                host.push(char::from(byte));
+            } else {
+                host.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        Some(format!("mongodb://{host}/?directConnection=true"))
+    }
+
+    impl Socket {
+        /// The connection string ([`super::Server::private_uri`]).
+        pub(super) fn uri(&self) -> &str {
+            &self.uri
+        }
+
+        /// Registers `listener` with the runtime entered by the caller.
+        pub(super) fn listen(&self, listener: StdListener) -> Result<Listener, StartError> {
+            tokio::net::UnixListener::from_std(listener)
+                .map(Listener)
+                .map_err(|source| StartError::Private {
+                    path: self.dir.path().display().to_string(),
+                    source,
+                })
+        }
+    }
+
+    impl Listener {
+        /// The next connection, with the name its peer goes by.
+        pub(super) async fn accept(&self) -> io::Result<(Stream, String)> {
+            let (stream, _) = self.0.accept().await?;
+            Ok((stream, PEER.to_owned()))
+        }
+    }
+}
+
+/// No private socket off Unix: the embedding application connects over TCP.
+#[cfg(not(unix))]
+mod private {
+    use super::StartError;
+
+    /// Never made.
+    #[derive(Debug)]
+    pub(super) enum StdListener {}
+    /// A stand-in: no private connection is ever accepted.
+    pub(super) type Stream = tokio::net::TcpStream;
+    /// Never made.
+    #[derive(Debug)]
+    pub(super) enum Socket {}
+    /// Never made.
+    #[derive(Debug)]
+    pub(super) enum Listener {}
+
+    /// No private socket; a warning when one was asked for.
+    pub(super) fn bind(limit: usize) -> Result<Option<(Socket, StdListener)>, StartError> {
+        if limit > 0 {
+            tracing::warn!(
+                private_connections = limit,
+                "no private socket on this platform: the application's own pool shares the TCP port"
+            );
+        }
+        Ok(None)
+    }
+
+    impl Socket {
+        pub(super) fn uri(&self) -> &str {
+            match *self {}
+        }
+
+        pub(super) fn listen(&self, _: StdListener) -> Result<Listener, StartError> {
+            match *self {}
+        }
+    }
+
+    impl Listener {
+        pub(super) async fn accept(&self) -> std::io::Result<(Stream, String)> {
+            match *self {}
         }
     }
 }
@@ -335,22 +545,99 @@ impl RefusalLog {
     }
 }
 
-fn log_refused(refused: u64, max_connections: usize) {
+fn log_refused(refused: u64, port: Port, limit: usize) {
     tracing::warn!(
         refused,
-        max_connections,
+        listener = port.name(),
+        limit,
         "connections refused: the connection limit is reached"
     );
 }
 
-/// A served connection's place in [`Db::connections`], given back when dropped (whether the
-/// connection ended, failed or was aborted).
+/// The listener a connection came in on; each has a [`Gate`] of its own.
+#[derive(Debug, Clone, Copy)]
+enum Port {
+    /// The TCP port (outside clients).
+    Tcp,
+    /// The private socket (the embedding application's pool).
+    Private,
+}
+
+impl Port {
+    /// This listener's limit and counts.
+    fn gate(self, db: &Db) -> &Gate {
+        match self {
+            Self::Tcp => &db.tcp,
+            Self::Private => &db.private,
+        }
+    }
+
+    /// The listener's name in log lines.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Private => "private",
+        }
+    }
+}
+
+/// A served connection's place in its listener's [`Gate`], given back when dropped (whether
+/// the connection ended, failed or was aborted).
 #[derive(Debug)]
-struct Slot(Arc<Db>);
+struct Slot {
+    db: Arc<Db>,
+    port: Port,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.port
+            .gate(&self.db)
+            .current
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Admission on one listener: its limit, and the log of its refusals.
+#[derive(Debug)]
+struct Admission {
+    port: Port,
+    refusals: RefusalLog,
+}
+
+impl Admission {
+    fn new(port: Port) -> Self {
+        Self {
+            port,
+            refusals: RefusalLog::default(),
+        }
+    }
+
+    /// A slot for a connection just accepted, or `None` at the listener's limit: the caller
+    /// then drops the connection, so it is accepted and closed at once, as `mongod` does (the
+    /// client sees the connection end and tries again later), never left in the backlog.
+    fn admit(&mut self, db: &Arc<Db>) -> Option<Slot> {
+        let gate = self.port.gate(db);
+        // Only the accept loop raises the count, so checking and raising cannot race.
+        if gate.current.load(Ordering::Relaxed) >= gate.limit {
+            gate.rejected.fetch_add(1, Ordering::Relaxed);
+            if let Some(refused) = self.refusals.refused(Instant::now()) {
+                log_refused(refused, self.port, gate.limit);
+            }
+            return None;
+        }
+        gate.current.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            db: Arc::clone(db),
+            port: self.port,
+        })
+    }
+
+    /// Logs the refusals due by now, if any.
+    fn flush(&mut self, db: &Db) {
+        if let Some(refused) = self.refusals.flush(Instant::now()) {
+            log_refused(refused, self.port, self.port.gate(db).limit);
+        }
     }
 }
 
@@ -363,48 +650,79 @@ struct Timeouts {
     write: Duration,
 }
 
+/// The connection tasks, and what each is started with.
+#[derive(Debug)]
+struct Tasks {
+    set: JoinSet<()>,
+    timeouts: Timeouts,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Tasks {
+    /// Serves `stream` in a task of its own, holding `slot` until it ends.
+    fn serve<S>(&mut self, stream: S, peer: String, slot: Slot)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = slot.db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn = ConnInfo::new(id, peer);
+        let task = serve(stream, conn, slot, self.timeouts, self.shutdown.clone());
+        self.set.spawn(task);
+    }
+}
+
+/// The next connection on the private socket; never resolves when there is none.
+async fn accept_private(
+    listener: Option<&private::Listener>,
+) -> std::io::Result<(private::Stream, String)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    private_listener: Option<private::Listener>,
     db: Arc<Db>,
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connections = JoinSet::new();
+    let mut connections = Tasks {
+        set: JoinSet::new(),
+        timeouts,
+        shutdown: shutdown.clone(),
+    };
     let mut reaper = tokio::time::interval(Duration::from_secs(60));
-    let mut refusals = RefusalLog::default();
-    let max_connections = db.info.max_connections;
+    let mut tcp = Admission::new(Port::Tcp);
+    let mut private = Admission::new(Port::Private);
     loop {
-        let log_due = refusals.due_at();
+        let log_due = tcp
+            .refusals
+            .due_at()
+            .into_iter()
+            .chain(private.refusals.due_at())
+            .min();
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // Only this loop raises the count, so checking and raising cannot race.
-                    if db.connections.load(Ordering::Relaxed) >= max_connections {
-                        // Accepted and closed at once, as mongod does: the client sees the
-                        // connection end and tries again later.
-                        drop(stream);
-                        db.connections_rejected.fetch_add(1, Ordering::Relaxed);
-                        if let Some(refused) = refusals.refused(Instant::now()) {
-                            log_refused(refused, max_connections);
-                        }
-                        continue;
-                    }
-                    db.connections.fetch_add(1, Ordering::Relaxed);
-                    let slot = Slot(Arc::clone(&db));
-                    let id = db.connections_created.fetch_add(1, Ordering::Relaxed) + 1;
-                    let conn = ConnInfo::new(id, peer.to_string());
-                    connections.spawn(serve(stream, conn, slot, timeouts, shutdown.clone()));
+                    let Some(slot) = tcp.admit(&db) else { continue };
+                    // Replies are small and latency matters more than packet count.
+                    let _ = stream.set_nodelay(true);
+                    connections.serve(stream, peer.to_string(), slot);
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e) => accept_failed(Port::Tcp, &e).await,
+            },
+            accepted = accept_private(private_listener.as_ref()) => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(slot) = private.admit(&db) else { continue };
+                    connections.serve(stream, peer, slot);
                 }
+                Err(e) => accept_failed(Port::Private, &e).await,
             },
             () = tokio::time::sleep_until(log_due.unwrap_or_else(Instant::now).into()), if log_due.is_some() => {
-                if let Some(refused) = refusals.flush(Instant::now()) {
-                    log_refused(refused, max_connections);
-                }
+                tcp.flush(&db);
+                private.flush(&db);
             }
             _ = reaper.tick() => {
                 let closed = db.cursors.reap(IDLE_TIMEOUT);
@@ -419,12 +737,13 @@ async fn accept_loop(
                         Err(e) => tracing::warn!(cause = %e, "cannot expire sessions"),
                     }
                 });
-                while connections.try_join_next().is_some() {}
+                while connections.set.try_join_next().is_some() {}
             }
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
+    drop((listener, private_listener));
+    let mut connections = connections.set;
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while connections.join_next().await.is_some() {}
     })
@@ -436,16 +755,20 @@ async fn accept_loop(
     tracing::info!("embedded-db stopped");
 }
 
-async fn serve(
-    stream: TcpStream,
+/// Out of file descriptors and the like: logs, then backs off instead of spinning.
+async fn accept_failed(port: Port, e: &std::io::Error) {
+    tracing::warn!(listener = port.name(), cause = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     conn: ConnInfo,
     slot: Slot,
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let db = &slot.0;
-    // Replies are small and latency matters more than packet count.
-    let _ = stream.set_nodelay(true);
+    let db = &slot.db;
     let mut connection = Connection::new(stream, timeouts.frame, timeouts.write);
     tracing::debug!(connection_id = conn.id, peer = %conn.peer, "connection accepted");
     let result = tokio::select! {
@@ -458,8 +781,8 @@ async fn serve(
     tracing::debug!(connection_id = conn.id, peer = %conn.peer, "connection closed");
 }
 
-async fn serve_requests(
-    connection: &mut Connection,
+async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
     db: &Arc<Db>,
     conn: &ConnInfo,
 ) -> Result<(), ConnError> {

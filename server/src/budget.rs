@@ -4,11 +4,11 @@
 //! From the limit (its soft value is first raised to the hard one) come, in this order:
 //!
 //! 1. a reserve of [`RESERVE`] descriptors for files, logs, the runtimes and the listeners;
-//! 2. the database: the app's own pool ([`APP_POOL_FILES`]; twice that with the embedded
-//!    database, whose both ends are in this process) and, with the embedded database, the
-//!    connections it serves to outside clients (`EMBEDDED_DB_MAX_CONNECTIONS`, default
+//! 2. the database: with the embedded database, its private socket for the app's own pool
+//!    ([`db::PRIVATE_FILES`]: both ends of each connection are in this process), its TCP
+//!    listener and the outside clients it serves (`EMBEDDED_DB_MAX_CONNECTIONS`, default
 //!    [`embedded_db::DEFAULT_MAX_CONNECTIONS`], lowered to a tenth of the limit when that is
-//!    smaller);
+//!    smaller); with `MONGO_URI`, the app's pool and its monitors ([`EXTERNAL_POOL_FILES`]);
 //! 3. what is left, split evenly between event streams (`SSE_MAX_CLIENTS`) and other HTTP
 //!    connections (`HTTP_MAX_CONNECTIONS`), each at most [`DEFAULT_MAX_SHARE`]; a value that
 //!    is set explicitly is taken as it is and the other gets the rest.
@@ -23,14 +23,20 @@
 //! variables to lower (or the limit to raise).
 
 use crate::config::{Config, StartupError};
+use crate::db;
 
 /// Descriptors kept for everything that is not a connection: data files, logs, the runtimes'
 /// event fds, the listeners.
 pub const RESERVE: u64 = 256;
 
-/// The most descriptors the app's own database client uses: its pool and the monitoring
-/// connections (one per server, plus one measuring round trips).
-pub const APP_POOL_FILES: u64 = 34;
+/// The descriptors the app's database client is counted for with `MONGO_URI`: a pool of
+/// [`db::APP_POOL_SIZE`] and its monitors (a connection string's larger `maxPoolSize` should
+/// leave room through a lower `SSE_MAX_CLIENTS` or `HTTP_MAX_CONNECTIONS`).
+pub const EXTERNAL_POOL_FILES: u64 = db::APP_POOL_SIZE as u64 + db::MONITOR_CONNECTIONS as u64;
+
+/// The embedded database's files besides its outside clients: the private socket (both ends of
+/// the app's connections, its listener) and the TCP listener.
+const EMBEDDED_FILES: u64 = db::PRIVATE_FILES as u64 + 1;
 
 /// The largest default share of streams or of other HTTP connections.
 pub const DEFAULT_MAX_SHARE: usize = 10_000;
@@ -65,9 +71,9 @@ impl Budget {
         let embedded_db = config.mongo_uri.is_none();
         let limit = open_files.unwrap_or(u64::MAX);
         let pool = if embedded_db {
-            2 * APP_POOL_FILES
+            EMBEDDED_FILES
         } else {
-            APP_POOL_FILES
+            EXTERNAL_POOL_FILES
         };
         let embedded = match config.embedded_max_connections {
             Some(explicit) => explicit,
@@ -183,8 +189,9 @@ mod tests {
     #[test]
     fn a_small_limit_lowers_every_default_and_no_limit_keeps_them() {
         let small = Budget::fit(&Config::default(), Some(1_024)).expect("fits");
+        // 1,024 - 256 - 74 - 102 = 592, halved.
         assert_eq!(small.embedded, 102);
-        assert_eq!((small.streams, small.http), (299, 299));
+        assert_eq!((small.streams, small.http), (296, 296));
         assert_eq!(small.streams_per_client, 37);
         let unlimited = Budget::fit(&Config::default(), None).expect("fits");
         assert_eq!((unlimited.streams, unlimited.http), (10_000, 10_000));
@@ -208,8 +215,8 @@ mod tests {
         let budget = Budget::fit(&config, Some(20_000)).expect("fits");
         assert_eq!(budget.streams, 15_000);
         assert_eq!(budget.streams_per_client, 15_000);
-        assert_eq!(budget.http, 18_676 - 15_000);
-        assert_eq!(budget.http_per_client, (18_676 - 15_000) / 8);
+        assert_eq!(budget.http, 18_670 - 15_000);
+        assert_eq!(budget.http_per_client, (18_670 - 15_000) / 8);
     }
 
     #[test]

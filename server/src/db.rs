@@ -1,5 +1,6 @@
 //! The database connection: a real deployment from `MONGO_URI`, or the
-//! embedded database started in-process; sample data on first start.
+//! embedded database started in-process (the app's pool then connects through the database's
+//! private socket, which outside clients cannot reach); sample data on first start.
 
 use std::time::Duration;
 
@@ -13,6 +14,37 @@ use crate::config::{Config, StartupError};
 
 /// How long start-up waits for a deployment to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections the app's own driver pool opens to the in-process database at once
+/// (the driver's `maxPoolSize`; with `MONGO_URI` the connection string's or the driver's
+/// default applies). The hub's change stream holds one for its life, each replay of missed
+/// events from the database holds one while it runs (at most four at once), and the rest
+/// serve page loads, list refetches and writes, one command each; past it a request waits
+/// for a connection to come free.
+pub const APP_POOL_SIZE: u32 = 32;
+
+/// Connections the driver keeps beside its pool: a monitor per server (the embedded database
+/// is one), and a second one per server measuring round trips when the server announces
+/// `topologyVersion` (the streaming protocol). embedded-db does not, so the driver polls on
+/// one; both are counted so that the limit holds if it ever does.
+pub const MONITOR_CONNECTIONS: usize = 2;
+
+/// Connections the driver has closed but the database has not yet seen close: the driver
+/// frees the pool's slot at once, the database when it reads the end of the stream, so a
+/// connection opened right after a close (after a network error, say) may arrive first.
+pub const CLOSING_CONNECTIONS: usize = 2;
+
+/// The private socket's connection limit (`embedded_db::Config::private_connections`): the
+/// app's pool, its monitors and the connections still closing, so the app is never refused.
+/// Outside clients use the TCP port, under `EMBEDDED_DB_MAX_CONNECTIONS`, and cannot take
+/// these slots.
+pub const PRIVATE_CONNECTIONS: usize =
+    APP_POOL_SIZE as usize + MONITOR_CONNECTIONS + CLOSING_CONNECTIONS;
+
+/// Open files the private socket costs the process at most when the database runs in-process:
+/// both ends of every private connection (the driver's and the database's) plus the listening
+/// socket. (The TCP port costs its listening socket plus one file per outside connection.)
+pub const PRIVATE_FILES: usize = 2 * PRIVATE_CONNECTIONS + 1;
 
 /// A connected database, and the embedded server when one was started.
 #[derive(Debug)]
@@ -46,6 +78,7 @@ pub async fn connect(
         None => {
             let settings = embedded_db::Config {
                 max_connections: embedded_max_connections,
+                private_connections: PRIVATE_CONNECTIONS,
                 write_timeout: config.embedded_write_timeout,
                 enable_test_commands: config.embedded_test_commands,
                 ..embedded_db::Config::new(config.embedded_addr, &config.embedded_path)
@@ -59,6 +92,10 @@ pub async fn connect(
                     embedded_db::StartError::Storage { .. } => {
                         StartupError::new("EMBEDDED_DB_PATH", e.to_string())
                     }
+                    // The private socket's directory goes under the temporary directory.
+                    embedded_db::StartError::Private { .. } => {
+                        StartupError::new("TMPDIR", e.to_string())
+                    }
                     // Not a bad value: the system refused threads. `MONGO_URI` is the setting
                     // that avoids the embedded database altogether.
                     embedded_db::StartError::Runtime { .. } => StartupError::new(
@@ -66,12 +103,18 @@ pub async fn connect(
                         format!("unset, and the embedded database cannot start: {e}"),
                     ),
                 })?;
-            (server.uri(), "EMBEDDED_DB_ADDR", Some(server))
+            // The pool goes through the private socket, so outside clients filling the TCP
+            // port cannot lock the app out; off Unix there is none and it shares the port.
+            let uri = server.private_uri().unwrap_or_else(|| server.uri());
+            (uri, "EMBEDDED_DB_ADDR", Some(server))
         }
     };
     let mut options = ClientOptions::parse(&uri)
         .await
         .map_err(|e| StartupError::new(variable, format!("invalid connection string: {e}")))?;
+    if embedded.is_some() {
+        options.max_pool_size = Some(APP_POOL_SIZE);
+    }
     options
         .server_selection_timeout
         .get_or_insert(CONNECT_TIMEOUT);

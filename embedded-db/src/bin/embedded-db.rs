@@ -94,7 +94,11 @@ async fn main() -> ExitCode {
                 embedded_db::StartError::Storage { .. } => {
                     eprintln!("embedded-db: {e} (EMBEDDED_DB_PATH)");
                 }
-                embedded_db::StartError::Runtime { .. } => eprintln!("embedded-db: {e}"),
+                // The binary opens no private socket; the arm keeps the match exhaustive.
+                embedded_db::StartError::Runtime { .. }
+                | embedded_db::StartError::Private { .. } => {
+                    eprintln!("embedded-db: {e}");
+                }
             }
             return ExitCode::FAILURE;
         }

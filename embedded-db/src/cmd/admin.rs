@@ -114,12 +114,18 @@ pub(super) fn get_parameter(db: &Db, req: &Request<'_>) -> CommandResult<Documen
     Ok(out)
 }
 
-/// Implements `serverStatus` (the fields tools read). `connections` is the truth:
-/// `current` connections served now, `available` = the limit minus `current`,
-/// `totalCreated` connections served since start, `rejected` connections refused at the limit.
+/// Implements `serverStatus` (the fields tools read). `connections` is the truth, counted
+/// as `mongod` counts connections exempt from its limit: `current` connections served now on
+/// either listener, `limitExempt` those of them on the private socket (the embedding
+/// application's own pool, which has a limit of its own), `available` the TCP port's limit
+/// minus its connections (what outside clients can still open), `totalCreated` connections
+/// served since start, `rejected` connections refused at either listener's limit.
 pub(super) fn server_status(db: &Db) -> Document {
     let uptime = db.info.started.elapsed();
-    let current = db.connections.load(Ordering::Relaxed);
+    let tcp = db.tcp.current.load(Ordering::Relaxed);
+    let private = db.private.current.load(Ordering::Relaxed);
+    let rejected =
+        db.tcp.rejected.load(Ordering::Relaxed) + db.private.rejected.load(Ordering::Relaxed);
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     doc! {
         "host": db.info.host.as_str(),
@@ -131,10 +137,11 @@ pub(super) fn server_status(db: &Db) -> Document {
         "uptimeEstimate": i64::try_from(uptime.as_secs()).unwrap_or(i64::MAX),
         "localTime": bson::DateTime::now(),
         "connections": {
-            "current": i64::try_from(current).unwrap_or(i64::MAX),
-            "available": i64::try_from(db.info.max_connections.saturating_sub(current)).unwrap_or(i64::MAX),
+            "current": i64::try_from(tcp + private).unwrap_or(i64::MAX),
+            "available": i64::try_from(db.tcp.limit.saturating_sub(tcp)).unwrap_or(i64::MAX),
+            "limitExempt": i64::try_from(private).unwrap_or(i64::MAX),
             "totalCreated": count(db.connections_created.load(Ordering::Relaxed)),
-            "rejected": count(db.connections_rejected.load(Ordering::Relaxed)),
+            "rejected": count(rejected),
         },
         "opcounters": db.opcounters.to_document(),
         "metrics": { "cursor": {
