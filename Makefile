@@ -27,7 +27,7 @@ E2E := end2end
 CARGO_TEST_ENV := RUSTFLAGS="--cfg erase_components" LEPTOS_OUTPUT_NAME=realtime
 
 .PHONY: run test test-rust test-e2e build-site tools wasm-target cargo-leptos wasm-bindgen \
-	npm-deps e2e-deps chromium lint db bench bench-app bench-page screenshot node-deps py-deps fuzz \
+	npm-deps e2e-deps chromium lint db bench bench-app bench-edge bench-page screenshot node-deps py-deps fuzz \
 	fuzz-http
 
 ## Install the tools, build, serve http://127.0.0.1:3000 on the embedded database (./data/db).
@@ -69,6 +69,12 @@ db:
 ## memory given back, 10 connect/leave cycles of 8,000, then 1,000 clients refetching per event.
 bench-app:
 	cargo bench --locked -p server --bench load
+
+## Print the edge figures (release build, default settings): 20,000 idle or half-sent
+## connections from 8 addresses, 10,000 streams from one address beside a browser, a reader
+## that stopped, SIGTERM under 1,000 streams.
+bench-edge:
+	LOAD_SUITE=edge cargo bench --locked -p server --bench load
 
 ## Print the page's figures (release build, assets precompressed with brotli and gzip): the
 ## bytes of WASM + JS + CSS on the wire per encoding, and the time from a submit in one browser

@@ -47,6 +47,25 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`, 4,096 on current
+/// Linux): a burst of connections waits in it for the loop to accept or refuse them, instead
+/// of their handshakes being dropped and retried a second later (tokio's default is 1,024).
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds the site's listener at `addr` with [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// What the accept loop needs.
 #[derive(Debug)]
 pub struct Site {

@@ -175,14 +175,15 @@ mod tests {
     #[test]
     fn defaults_split_what_the_reserve_and_the_database_leave() {
         let budget = Budget::fit(&Config::default(), Some(20_000)).expect("fits");
-        // 20,000 - 256 - 2 × 34 - 1,000 = 18,676, halved.
+        // 20,000 - 256 - (2 × 36 + 1 + 1) - 1,000 = 18,670, halved.
+        assert_eq!(EMBEDDED_FILES, 74);
         assert_eq!(budget.embedded, 1_000);
-        assert_eq!((budget.streams, budget.http), (9_338, 9_338));
+        assert_eq!((budget.streams, budget.http), (9_335, 9_335));
         assert_eq!(
             (budget.streams_per_client, budget.http_per_client),
-            (1_167, 1_167)
+            (1_166, 1_166)
         );
-        let total = RESERVE as usize + 68 + budget.embedded + budget.streams + budget.http;
+        let total = RESERVE as usize + 74 + budget.embedded + budget.streams + budget.http;
         assert!(total <= 20_000, "{total}");
     }
 
@@ -201,7 +202,7 @@ mod tests {
             ..Config::default()
         };
         let external = Budget::fit(&external, Some(20_000)).expect("fits");
-        // No embedded database: only one end of the pool is ours.
+        // No embedded database: the pool of 32 and its 2 monitors only.
         assert_eq!(external.streams, (20_000 - 256 - 34) / 2);
     }
 

@@ -158,14 +158,12 @@ pub async fn start(
     mut leptos_options: LeptosOptions,
 ) -> Result<Running, StartupError> {
     // Bind first: a taken address must stop start-up before anything else is started.
-    let listener = tokio::net::TcpListener::bind(config.site_addr)
-        .await
-        .map_err(|e| {
-            StartupError::new(
-                "LEPTOS_SITE_ADDR",
-                format!("cannot listen on {}: {e}", config.site_addr),
-            )
-        })?;
+    let listener = accept::bind(config.site_addr).map_err(|e| {
+        StartupError::new(
+            "LEPTOS_SITE_ADDR",
+            format!("cannot listen on {}: {e}", config.site_addr),
+        )
+    })?;
     let addr = listener
         .local_addr()
         .map_err(|e| StartupError::new("LEPTOS_SITE_ADDR", e.to_string()))?;

@@ -28,16 +28,19 @@
 //! 4. A summary table: figure, value, target, met/missed (the targets are constants in
 //!    `phases.rs`).
 //!
-//! Run: `cargo bench -p server --bench load` (or `make bench-app`).
+//! Run: `cargo bench -p server --bench load` (or `make bench-app`). `LOAD_SUITE=edge` (or
+//! `make bench-edge`) runs the edge suite instead: abuse of connections, streams and shutdown
+//! against the default settings (`edge.rs`).
 //! Env: `LOAD_STREAMS`, `LOAD_CYCLES`, `LOAD_CYCLE_STREAMS`, `LOAD_CLIENTS`, `LOAD_CHANGES`
 //! (smaller values for a quick run; the defaults are in `coordinate`), `LOAD_REFETCH=0` (no
 //! refetches, to tell their cost apart). Server and benchmark share the machine's cores, so
 //! latency includes the clients' work.
 //!
 //! Files: `phases.rs` (what is measured), `client.rs` (one browser of phase 3),
-//! `process.rs` (the server under test and the worker processes).
+//! `process.rs` (the server under test and the worker processes), `edge.rs` (the edge suite).
 
 mod client;
+mod edge;
 mod phases;
 mod process;
 
@@ -46,11 +49,15 @@ use std::time::Duration;
 use process::{start_server, wait_ready, worker};
 
 fn main() {
-    match std::env::var("LOAD_WORKER_SOURCE") {
-        Ok(source) => worker(&source),
-        Err(_) => tokio::runtime::Runtime::new()
-            .expect("a tokio runtime")
-            .block_on(coordinate()),
+    if let Ok(source) = std::env::var("LOAD_WORKER_SOURCE") {
+        return worker(&source);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    if std::env::var("LOAD_SUITE").as_deref() == Ok("edge") {
+        println!("edge: the server with its default settings, against cheap abuse");
+        print_summary(runtime.block_on(edge::run()));
+    } else {
+        runtime.block_on(coordinate());
     }
 }
 
@@ -77,7 +84,13 @@ async fn coordinate() {
     });
     println!("kernel socket buffers (not in RSS): {}", kernel.join(", "));
 
-    let (server, site, db_addr) = start_server(max_clients);
+    let (server, site, db_addr) = start_server(&[
+        ("SSE_MAX_CLIENTS", max_clients.to_string()),
+        // The load comes from a few loopback addresses: no per-address shares (the rest of the
+        // file budget goes to the other HTTP connections).
+        ("SSE_MAX_CLIENTS_PER_IP", max_clients.to_string()),
+        ("HTTP_MAX_CONNECTIONS_PER_IP", "1000000".to_owned()),
+    ]);
     let pid = server.child.id();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -101,12 +114,15 @@ async fn coordinate() {
     summary.extend(rows);
     db.shutdown().await;
     drop(server);
+    print_summary(summary);
+}
 
+fn print_summary(rows: Vec<String>) {
     println!(
         "\n{:<34} {:>14}  {:<10} result",
         "figure", "value", "target"
     );
-    for line in summary {
+    for line in rows {
         println!("{line}");
     }
 }

@@ -6,7 +6,7 @@ use std::io::{BufRead, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,9 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Starts the server binary on free ports; returns it, its HTTP and its database address.
-pub(crate) fn start_server(max_clients: usize) -> (ServerProcess, SocketAddr, SocketAddr) {
+/// Starts the server binary on free ports with the settings `env` on top of the defaults;
+/// returns it, its HTTP and its database address.
+pub(crate) fn start_server(env: &[(&str, String)]) -> (ServerProcess, SocketAddr, SocketAddr) {
     // Hold both listeners until both ports are known, so they differ.
     let site = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let db = TcpListener::bind("127.0.0.1:0").expect("a free port");
@@ -53,12 +54,8 @@ pub(crate) fn start_server(max_clients: usize) -> (ServerProcess, SocketAddr, So
         .env("LEPTOS_SITE_ADDR", site.to_string())
         .env("EMBEDDED_DB_ADDR", db.to_string())
         .env("EMBEDDED_DB_PATH", dir.path())
-        .env("SSE_MAX_CLIENTS", max_clients.to_string())
-        // The load comes from a few loopback addresses: no per-address shares (the rest of the
-        // file budget goes to the other HTTP connections).
-        .env("SSE_MAX_CLIENTS_PER_IP", max_clients.to_string())
-        .env("HTTP_MAX_CONNECTIONS_PER_IP", "1000000")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
         .spawn()
         .expect("the server binary starts");
     (ServerProcess { child, _dir: dir }, site, db)
@@ -147,7 +144,46 @@ pub(crate) async fn wait_streams(http: &reqwest::Client, site: SocketAddr, wante
     }
 }
 
-/// Worker processes holding streams open.
+/// What a worker opens: event streams (read up to their `retry:`), connections that send
+/// nothing, or connections that send half a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Streams,
+    Idle,
+    HalfHead,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Streams => "streams",
+            Self::Idle => "idle",
+            Self::HalfHead => "half",
+        }
+    }
+}
+
+/// One worker process: its source address, how many connections, of what kind, how many it
+/// makes at once (`None`: [`CONNECTING`]).
+pub(crate) struct Plan {
+    pub(crate) source: String,
+    pub(crate) count: usize,
+    pub(crate) kind: Kind,
+    pub(crate) connecting: Option<usize>,
+}
+
+/// What the workers saw of their connections when told to close.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Closed {
+    /// Connections the server had closed.
+    pub(crate) ended: usize,
+    /// Of those, closed within a second of being opened (refused at once).
+    pub(crate) fast: usize,
+    /// The latest a connection was closed after it was opened, in milliseconds.
+    pub(crate) latest_ms: u64,
+}
+
+/// Worker processes holding connections open.
 pub(crate) struct Workers {
     children: Vec<(Child, ChildStdin, std::io::BufReader<ChildStdout>)>,
     pub(crate) open: usize,
@@ -158,19 +194,37 @@ impl Workers {
     /// Starts workers for `streams` streams (source addresses 127.0.0.`first_source`...) and
     /// waits until each reports its streams open.
     pub(crate) fn open(site: SocketAddr, streams: usize, first_source: usize) -> Self {
-        let exe = std::env::current_exe().expect("the benchmark's own path");
-        let mut children = Vec::new();
+        let mut plans = Vec::new();
         let mut left = streams;
         let mut source = first_source;
         while left > 0 {
-            let n = left.min(STREAMS_PER_WORKER);
-            left -= n;
-            let ip = format!("127.0.0.{}", source % 250 + 2);
+            let count = left.min(STREAMS_PER_WORKER);
+            left -= count;
+            plans.push(Plan {
+                source: format!("127.0.0.{}", source % 250 + 2),
+                count,
+                kind: Kind::Streams,
+                connecting: None,
+            });
             source += 1;
+        }
+        Self::start(site, &plans)
+    }
+
+    /// Starts one worker per plan and waits until each reports its connections open.
+    pub(crate) fn start(site: SocketAddr, plans: &[Plan]) -> Self {
+        let exe = std::env::current_exe().expect("the benchmark's own path");
+        let mut children = Vec::new();
+        for plan in plans {
             let mut child = Command::new(&exe)
-                .env("LOAD_WORKER_SOURCE", &ip)
+                .env("LOAD_WORKER_SOURCE", &plan.source)
                 .env("LOAD_WORKER_SITE", site.to_string())
-                .env("LOAD_WORKER_STREAMS", n.to_string())
+                .env("LOAD_WORKER_STREAMS", plan.count.to_string())
+                .env("LOAD_WORKER_KIND", plan.kind.name())
+                .env(
+                    "LOAD_WORKER_CONNECTING",
+                    plan.connecting.unwrap_or(CONNECTING).to_string(),
+                )
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -199,24 +253,38 @@ impl Workers {
         }
     }
 
-    /// Tells every worker to close its streams and exit; returns how many streams had ended
-    /// early (the server closed them while they were meant to be idle).
+    /// Tells every worker to close its connections and exit; returns how many streams had
+    /// ended early (the server closed them while they were meant to be idle).
     pub(crate) fn close(self) -> usize {
-        let mut dropped = 0;
+        let closed = self.close_counting();
+        if closed.ended > 0 {
+            println!(
+                "{} streams were closed by the server while idle",
+                closed.ended
+            );
+        }
+        closed.ended
+    }
+
+    /// Tells every worker to close its connections and exit; returns what they saw of the
+    /// server closing them first.
+    pub(crate) fn close_counting(self) -> Closed {
+        let mut closed = Closed::default();
         for (mut child, mut stdin, mut stdout) in self.children {
             let _ = writeln!(stdin, "close");
             let line = read_line(&mut stdout);
-            dropped += line
+            let numbers: Vec<u64> = line
                 .split_whitespace()
-                .nth(1)
-                .and_then(|w| w.parse::<usize>().ok())
-                .unwrap_or(0);
+                .skip(1)
+                .map(|w| w.parse().unwrap_or(0))
+                .collect();
+            let get = |i: usize| numbers.get(i).copied().unwrap_or(0);
+            closed.ended += get(0) as usize;
+            closed.fast += get(1) as usize;
+            closed.latest_ms = closed.latest_ms.max(get(2));
             let _ = child.wait();
         }
-        if dropped > 0 {
-            println!("{dropped} streams were closed by the server while idle");
-        }
-        dropped
+        closed
     }
 }
 
@@ -226,9 +294,10 @@ fn read_line(reader: &mut impl BufRead) -> String {
     line
 }
 
-/// Opens `LOAD_WORKER_STREAMS` streams from `source` to `LOAD_WORKER_SITE` (every other one on
-/// a connection that first loaded the page), prints `open <ok> <failed>`, keeps reading them
-/// until a line arrives on stdin, then prints `closed <streams that ended early>` and exits
+/// Opens `LOAD_WORKER_STREAMS` connections of `LOAD_WORKER_KIND` ([`Kind`]; streams by
+/// default, every other one on a connection that first loaded the page) from `source` to
+/// `LOAD_WORKER_SITE`, prints `open <ok> <failed>`, keeps reading them until a line arrives on
+/// stdin, then prints `closed <ended early> <of those within 1 s> <latest end in ms>` and exits
 /// (which closes every socket at once).
 pub(crate) fn worker(source: &str) {
     let site: SocketAddr = std::env::var("LOAD_WORKER_SITE")
@@ -236,6 +305,11 @@ pub(crate) fn worker(source: &str) {
         .and_then(|s| s.parse().ok())
         .expect("LOAD_WORKER_SITE is an address");
     let streams = env_number("LOAD_WORKER_STREAMS", 1);
+    let kind = match std::env::var("LOAD_WORKER_KIND").as_deref() {
+        Ok("idle") => Kind::Idle,
+        Ok("half") => Kind::HalfHead,
+        _ => Kind::Streams,
+    };
     let ip: Ipv4Addr = source
         .parse()
         .expect("LOAD_WORKER_SOURCE is an IPv4 address");
@@ -245,19 +319,34 @@ pub(crate) fn worker(source: &str) {
         .expect("a tokio runtime");
     runtime.block_on(async move {
         let ended = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+        let fast = Arc::new(AtomicUsize::new(0));
+        let latest_ms = Arc::new(AtomicU64::new(0));
+        let connecting = env_number("LOAD_WORKER_CONNECTING", CONNECTING);
+        let gate = Arc::new(tokio::sync::Semaphore::new(connecting));
         let opening: Vec<_> = (0..streams)
             .map(|i| {
                 let (gate, ended) = (Arc::clone(&gate), Arc::clone(&ended));
+                let (fast, latest_ms) = (Arc::clone(&fast), Arc::clone(&latest_ms));
                 tokio::spawn(async move {
                     let permit = gate.acquire_owned().await.expect("the gate stays open");
-                    let stream = open_stream(ip, site, i % 2 == 0).await;
+                    let opened = Instant::now();
+                    let stream = match kind {
+                        Kind::Streams => open_stream(ip, site, i % 2 == 0).await,
+                        Kind::Idle => connect(ip, site).await.map(BufReader::new),
+                        Kind::HalfHead => half_head(ip, site).await,
+                    };
                     drop(permit);
                     let mut stream = stream?;
                     Some(tokio::spawn(async move {
                         let mut scratch = vec![0u8; 512];
                         while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+                        let after = opened.elapsed();
                         ended.fetch_add(1, Ordering::Relaxed);
+                        if after < Duration::from_secs(1) {
+                            fast.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                        latest_ms.fetch_max(ms, Ordering::Relaxed);
                     }))
                 })
             })
@@ -270,24 +359,45 @@ pub(crate) fn worker(source: &str) {
         }
         println!("open {} {}", readers.len(), streams - readers.len());
         let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-        println!("closed {}", ended.load(Ordering::Relaxed));
+        // Waited for off the runtime's thread, so the readers go on noticing closes meanwhile.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)
+        })
+        .await;
+        println!(
+            "closed {} {} {}",
+            ended.load(Ordering::Relaxed),
+            fast.load(Ordering::Relaxed),
+            latest_ms.load(Ordering::Relaxed)
+        );
         let _ = std::io::stdout().flush();
     });
 }
 
+/// A TCP connection from `source` to `site`.
+async fn connect(source: Ipv4Addr, site: SocketAddr) -> Option<TcpStream> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).ok()?;
+    socket.connect(site).await.ok()
+}
+
+/// A connection from `source` that sends the first half of a request head and no more.
+async fn half_head(source: Ipv4Addr, site: SocketAddr) -> Option<BufReader<TcpStream>> {
+    let mut stream = connect(source, site).await?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {site}\r\nX-Half: ");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    Some(BufReader::new(stream))
+}
+
 /// One stream from `source`: optionally `GET /` read to its end first on the same kept-alive
 /// connection, then `GET /api/sse` read up to its `retry:` chunk.
-async fn open_stream(
+pub(crate) async fn open_stream(
     source: Ipv4Addr,
     site: SocketAddr,
     after_page: bool,
 ) -> Option<BufReader<TcpStream>> {
-    let socket = TcpSocket::new_v4().ok()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).ok()?;
-    let stream = socket.connect(site).await.ok()?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(connect(source, site).await?);
     if after_page {
         let request = format!("GET / HTTP/1.1\r\nHost: {site}\r\n\r\n");
         reader.get_mut().write_all(request.as_bytes()).await.ok()?;

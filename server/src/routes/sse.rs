@@ -75,7 +75,12 @@ async fn sse(
         // error status would make it give up.
         bump(&state.hub.metrics().streams_refused);
         let body = stream::once(async move { Ok::<_, Infallible>(retry.text()) });
-        return event_stream(Body::from_stream(body));
+        // Closed after it, so the connection does not go on holding an HTTP slot.
+        let mut response = event_stream(Body::from_stream(body));
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
     };
     // The header wins: a browser that subscribed with `?lastEventId=` sends its newer
     // Last-Event-ID on every reconnect. Of repeated query parameters the first counts.
