@@ -14,31 +14,8 @@ use std::time::Duration;
 use embedded_db::{Config, Server, StartError};
 use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, ServerAddress};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
-
-/// Sends `command` (with `$db: admin`) and reads the reply's body; `None` when the server
-/// closed the connection instead of answering.
-async fn command<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    request_id: i32,
-    command: Document,
-) -> Option<Document> {
-    let mut command = command;
-    command.insert("$db", "admin");
-    let bytes = embedded_db::wire::encode_request(request_id, &command).expect("encode");
-    stream.write_all(&bytes).await.ok()?;
-    let mut header = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header))
-        .await
-        .expect("the server reacts in time");
-    read.ok()?;
-    let len = i32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let mut body = vec![0u8; usize::try_from(len).expect("length") - 16];
-    stream.read_exact(&mut body).await.expect("body");
-    // Flag bits (4 bytes), then section kind 0 and its document.
-    Some(Document::from_reader(&body[5..]).expect("reply document"))
-}
 
 /// Whether a connection the kernel accepted is closed by the server at once (EOF) without
 /// being served.
@@ -55,7 +32,7 @@ async fn tcp_slot(server: &Server) -> TcpStream {
     let mut stream = TcpStream::connect(server.local_addr())
         .await
         .expect("connect");
-    command(&mut stream, 1, doc! { "ping": 1 })
+    common::raw_command(&mut stream, 1, doc! { "ping": 1 })
         .await
         .expect("served");
     stream
@@ -76,7 +53,7 @@ async fn socket_path(server: &Server) -> PathBuf {
 
 /// `serverStatus.connections`, over `stream`.
 async fn connections<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Document {
-    command(stream, 2, doc! { "serverStatus": 1 })
+    common::raw_command(stream, 2, doc! { "serverStatus": 1 })
         .await
         .expect("served")
         .get_document("connections")
@@ -161,11 +138,11 @@ async fn private_socket_refuses_past_its_own_limit() {
     .await;
     let path = socket_path(&server).await;
     let mut first = UnixStream::connect(&path).await.expect("connect");
-    command(&mut first, 1, doc! { "ping": 1 })
+    common::raw_command(&mut first, 1, doc! { "ping": 1 })
         .await
         .expect("the first is served");
     let mut second = UnixStream::connect(&path).await.expect("connect");
-    command(&mut second, 1, doc! { "ping": 1 })
+    common::raw_command(&mut second, 1, doc! { "ping": 1 })
         .await
         .expect("the second is served");
     let mut third = UnixStream::connect(&path)
@@ -179,7 +156,7 @@ async fn private_socket_refuses_past_its_own_limit() {
     assert_eq!(status.get_i64("limitExempt"), Ok(2), "{status}");
     assert_eq!(status.get_i64("available"), Ok(9), "{status}");
     assert_eq!(status.get_i64("rejected"), Ok(1), "{status}");
-    let whoami = command(&mut first, 3, doc! { "whatsmyuri": 1 })
+    let whoami = common::raw_command(&mut first, 3, doc! { "whatsmyuri": 1 })
         .await
         .expect("served");
     assert_eq!(whoami.get_str("you"), Ok("private socket"));
@@ -188,7 +165,7 @@ async fn private_socket_refuses_past_its_own_limit() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let mut newcomer = UnixStream::connect(&path).await.expect("connect");
-        if command(&mut newcomer, 1, doc! { "ping": 1 })
+        if common::raw_command(&mut newcomer, 1, doc! { "ping": 1 })
             .await
             .is_some()
         {

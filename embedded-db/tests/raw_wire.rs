@@ -379,18 +379,7 @@ async fn raw_connections(stream: &mut TcpStream, request_id: i32) -> Document {
 /// A connection that answers a ping (so the server has taken it on).
 async fn served(addr: std::net::SocketAddr) -> Option<TcpStream> {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(&op_msg(1, 0, &doc! { "ping": 1, "$db": "admin" }))
-        .await
-        .ok()?;
-    let mut header = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header))
-        .await
-        .expect("the server reacts in time");
-    read.ok()?;
-    let len = i32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let mut body = vec![0u8; usize::try_from(len).expect("length") - 16];
-    stream.read_exact(&mut body).await.expect("body");
+    common::raw_command(&mut stream, 1, doc! { "ping": 1 }).await?;
     Some(stream)
 }
 

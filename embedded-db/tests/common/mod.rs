@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use embedded_db::{Config, Server};
+use mongodb::bson::Document;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 use tempfile::TempDir;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A running server, its data directory and a connected client.
 pub struct TestServer {
@@ -85,4 +87,27 @@ pub fn code_of(err: &mongodb::error::Error) -> Option<i32> {
         ErrorKind::InsertMany(e) => e.write_errors.as_ref()?.first().map(|w| w.code),
         _ => None,
     }
+}
+
+/// Sends `command` (with `$db: admin`) and reads the reply's body; `None` when the server
+/// closed the connection instead of answering.
+pub async fn raw_command<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request_id: i32,
+    command: Document,
+) -> Option<Document> {
+    let mut command = command;
+    command.insert("$db", "admin");
+    let bytes = embedded_db::wire::encode_request(request_id, &command).expect("encode");
+    stream.write_all(&bytes).await.ok()?;
+    let mut header = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header))
+        .await
+        .expect("the server reacts in time");
+    read.ok()?;
+    let len = i32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let mut body = vec![0u8; usize::try_from(len).expect("length") - 16];
+    stream.read_exact(&mut body).await.expect("body");
+    // Flag bits (4 bytes), then section kind 0 and its document.
+    Some(Document::from_reader(&body[5..]).expect("reply document"))
 }
